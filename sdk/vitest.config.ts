@@ -1,0 +1,3 @@
+import { defineProject } from "vitest/config";
+
+export default defineProject({ test: { name: "sdk", include: ["src/**/*.test.ts"], testTimeout: 30000, hookTimeout: 60000 } });
