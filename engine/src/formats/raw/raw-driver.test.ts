@@ -218,3 +218,18 @@ describe("raw image", () => {
     await img.close();
   });
 });
+
+describe("raw sizes follow QEMU's sector rounding", () => {
+  it("create rounds up to 512 bytes and open reports the rounded virtual size", async () => {
+    const path = await createRaw(1000, "off");
+    expect((await stat(path)).size).toBe(1024);
+    const file = await openHostFile(path, { readOnly: false });
+    await file.truncate(3001);
+    const img = await rawDriver.open(file, { readOnly: false });
+    expect(img.virtualSize).toBe(3072);
+    expect(isAllZero(await readAt(img, 2048, 1024))).toBe(true);
+    await writeAt(img, 3071, Buffer.from([1]));
+    expect((await stat(path)).size).toBe(3072);
+    await img.close();
+  });
+});

@@ -2,7 +2,7 @@ import type { BlockDriver, BlockImage, CreateOptions, OpenOptions } from "../../
 import { EngineError } from "../../errors.js";
 import type { HostFile } from "../../host/host-file.js";
 import { preallocate } from "./preallocate.js";
-import { RawImage } from "./raw-image.js";
+import { RawImage, roundUpToSector } from "./raw-image.js";
 
 /** Any byte sequence is a valid raw image, so raw only wins when no other format recognises the head. */
 const RAW_PROBE_CONFIDENCE = 1;
@@ -25,11 +25,13 @@ async function create(file: HostFile, opts: CreateOptions): Promise<void> {
       reason: "RAW_METADATA_PREALLOCATION",
     });
   }
-  const preallocated = Math.min(opts.preallocBytes ?? opts.size, opts.size);
+  // qemu-img create rounds raw sizes up to whole sectors; so do we, so both see the same virtual size.
+  const size = roundUpToSector(opts.size);
+  const preallocated = Math.min(opts.preallocBytes ?? size, size);
   assertSize(preallocated, "preallocated bytes");
   await preallocate(file, 0, preallocated, opts.prealloc, { signal: opts.signal, onProgress: opts.onProgress });
   // Sets the size in every mode: the thin remainder past a partial preallocation stays a hole.
-  await file.truncate(opts.size);
+  await file.truncate(size);
 }
 
 async function open(file: HostFile, opts: OpenOptions): Promise<BlockImage> {

@@ -11,6 +11,13 @@ export const RAW_LIMITS: Readonly<Limits> = Object.freeze({
   discardAlignment: 4096,
 });
 
+/** QEMU counts image sizes in 512-byte sectors: a raw file's tail past EOF up to the next sector reads as zeros. */
+export const RAW_SECTOR = 512;
+
+export function roundUpToSector(bytes: number): number {
+  return Math.ceil(bytes / RAW_SECTOR) * RAW_SECTOR;
+}
+
 function isUnsupported(error: unknown): boolean {
   return EngineError.from(error).code === "UNSUPPORTED";
 }
@@ -27,9 +34,10 @@ export class RawImage implements BlockImage {
   private size: number;
   private readonly file: HostFile;
 
-  constructor(file: HostFile, size: number, readOnly: boolean) {
+  /** `fileSize` is the host file's length; the virtual size is that rounded up to a sector, as in QEMU. */
+  constructor(file: HostFile, fileSize: number, readOnly: boolean) {
     this.file = file;
-    this.size = size;
+    this.size = roundUpToSector(fileSize);
     this.readOnly = readOnly;
   }
 
@@ -112,10 +120,12 @@ export class RawImage implements BlockImage {
       throw new EngineError("UNSUPPORTED", "shrinking requires preallocation off", { reason: "SHRINK_WITH_PREALLOCATION" });
     }
     if (newSize > oldSize) {
-      await preallocate(this.file, oldSize, newSize, opts.prealloc, { signal: opts.signal, onProgress: opts.onProgress });
+      // From the file's real end: a sub-sector tail past EOF belongs to the grown area too.
+      const fileEnd = Math.min(oldSize, await this.file.size());
+      await preallocate(this.file, fileEnd, newSize, opts.prealloc, { signal: opts.signal, onProgress: opts.onProgress });
     }
     await this.file.truncate(newSize);
-    this.size = newSize;
+    this.size = roundUpToSector(newSize);
   }
 
   async flush(): Promise<void> {
