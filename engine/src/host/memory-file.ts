@@ -142,6 +142,7 @@ class MemoryHostFile implements MemoryFile {
     this.store(offset, data);
     this.length = Math.max(this.length, offset + data.length);
     this.stats.bytesWritten += data.length;
+    if (opts?.fua) await this.flush();
   }
 
   async writev(offset: number, buffers: readonly Uint8Array[], opts?: IoOptions): Promise<void> {
@@ -154,6 +155,7 @@ class MemoryHostFile implements MemoryFile {
     }
     this.length = Math.max(this.length, offset + total);
     this.stats.bytesWritten += total;
+    if (opts?.fua) await this.flush();
   }
 
   async truncate(size: number): Promise<void> {
