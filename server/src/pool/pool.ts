@@ -39,14 +39,17 @@ export class Pool {
     return path.join(this.root, this.fileName(name, format));
   }
 
-  /** A fresh temp path for building a volume; unique so a retried creation never reuses a half-written file. */
+  /**
+   * A fresh temp path for building a volume; unique so a retried creation never reuses a half-written
+   * file. "~" can't occur in a volume name, so NAME~ identifies the volume's temp files unambiguously.
+   */
   tempPath(name: string, format: FormatName): string {
-    return path.join(this.tmpDir, `${validateVolumeName(name)}.${randomUUID()}${EXTENSIONS[format]}.tmp`);
+    return path.join(this.tmpDir, `${validateVolumeName(name)}~${randomUUID()}${EXTENSIONS[format]}.tmp`);
   }
 
   /** Temp files that belong to the volume `name` (from any earlier attempt). */
   async tempFilesOf(name: string): Promise<string[]> {
-    const prefix = `${name}.`;
+    const prefix = `${name}~`;
     return (await this.listTemp()).filter((f) => path.basename(f).startsWith(prefix));
   }
 

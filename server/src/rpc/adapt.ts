@@ -164,3 +164,9 @@ async function* consume<Req>(call: ServerReadableStream<Req, unknown>, signal: A
 function isAbortError(err: unknown): boolean {
   return (err instanceof Error && err.name === "AbortError") || (err instanceof EngineError && (err.code === "CANCELLED" || err.code === "DEADLINE_EXCEEDED"));
 }
+
+/** A server stream that fails at once with `error` (for RPCs that are refused before producing anything). */
+// biome-ignore lint/correctness/useYield: the generator exists only to fail the stream with a status.
+export async function* failingStream(error: Error): AsyncGenerator<never> {
+  throw error;
+}
