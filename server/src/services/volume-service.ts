@@ -144,7 +144,9 @@ export class VolumeService {
     } else {
       throw unimplemented(`CreateVolume for ${format}`, `the ${format} driver is not merged into the server yet`);
     }
-    return { name, format, capacity, preallocation, allocationBytes, backingVolume, clusterSize: req.clusterSize, labels };
+    // qemu-img rounds raw sizes up to whole 512-byte sectors, and so does the engine; record what the file will hold.
+    const stored = Math.ceil(capacity / 512) * 512;
+    return { name, format, capacity: stored, preallocation, allocationBytes, backingVolume, clusterSize: req.clusterSize, labels };
   }
 
   private startCreate(spec: CreateSpec, specHash: string, requestId: string | undefined): JobRecord {
