@@ -8,7 +8,7 @@ import { afterAll, describe, expect, it } from "vitest";
 const run = promisify(execFile);
 const repoRoot = join(import.meta.dirname, "..", "..", "..");
 const buf = join(repoRoot, "node_modules", ".bin", "buf");
-const generatedTrees = ["server/src/gen", "sdk/src/gen"];
+const generatedTrees = ["server/src/gen", "sdk/src/gen", "clients/python/vdisk_client/gen"];
 
 async function listFiles(dir: string): Promise<string[]> {
   const out: string[] = [];
