@@ -1,51 +1,72 @@
 import { randomUUID } from "node:crypto";
-import { type Client, type Transport, createClient } from "@connectrpc/connect";
-import { checkReportFromWire, allocateSummaryFromWire, jobFromWire, jobResultFromWire, volumeFromWire } from "./convert.js";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { type Client, createClient, type Transport } from "@connectrpc/connect";
+import {
+  allocateSummaryFromWire,
+  checkReportFromWire,
+  jobFromWire,
+  jobResultFromWire,
+  volumeFromWire,
+} from "./convert.js";
 import {
   type AllocateModeName,
+  allocateModes,
   type CloneModeName,
+  cloneModes,
   type JobKindName,
   type JobStateName,
-  type PreallocationName,
-  type Qcow2CompatName,
-  type RepairModeName,
-  type VmdkSubformatName,
-  type VolumeFormatName,
-  type ZeroDetectionName,
-  allocateModes,
-  cloneModes,
   jobKinds,
   jobStates,
+  type PreallocationName,
   preallocations,
+  type Qcow2CompatName,
   qcow2Compats,
+  type RepairModeName,
   repairModes,
+  type VmdkSubformatName,
+  type VolumeFormatName,
   vmdkSubformats,
   volumeFormats,
+  type ZeroDetectionName,
   zeroDetections,
 } from "./enums.js";
-import { VdiskError, mapErrors } from "./errors.js";
+import { mapErrors, VdiskError } from "./errors.js";
+import {
+  type DownloadOptions,
+  type DownloadResult,
+  downloadFile,
+  type ExportPiece,
+  exportFile,
+  importFile,
+  type UploadOptions,
+  uploadFile,
+} from "./files.js";
 import { AllocationService } from "./gen/vdisk/v1/allocation_pb.js";
 import { DataService, type WriteVolumeRequestSchema } from "./gen/vdisk/v1/data_pb.js";
-import { type Job as WireJob, type JobEvent, JobService } from "./gen/vdisk/v1/job_pb.js";
+import { type JobEvent, JobService, type Job as WireJob } from "./gen/vdisk/v1/job_pb.js";
 import { type ImportVolumeRequestSchema, VolumeService } from "./gen/vdisk/v1/volume_pb.js";
-import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { Qcow2OptionsSchema, VmdkOptionsSchema } from "./gen/vdisk/v1/volume_types_pb.js";
 import { JobHandle, type JobHandleSource } from "./job-handle.js";
 import { DEFAULT_RETRY, type RetryPolicy, retryUnavailable } from "./retry.js";
 import { fromUint64, MiB, toUint32, toUint64 } from "./sizes.js";
 import { AllocationMapStream, mapErrorsOf, readPieces } from "./streams.js";
-import { TRANSPORT_DEFAULTS, type TlsOptions, type TokenSource, createVdiskGrpcTransport } from "./transport.js";
-import type { AllocateResult, CheckReport, Job, JobResult, Page, ReadPiece, Volume, WritePiece, WriteResult } from "./types.js";
 import {
-  type DownloadOptions,
-  type DownloadResult,
-  type ExportPiece,
-  type UploadOptions,
-  downloadFile,
-  exportFile,
-  importFile,
-  uploadFile,
-} from "./files.js";
+  createVdiskGrpcTransport,
+  type TlsOptions,
+  type TokenSource,
+  TRANSPORT_DEFAULTS,
+} from "./transport.js";
+import type {
+  AllocateResult,
+  CheckReport,
+  Job,
+  JobResult,
+  Page,
+  ReadPiece,
+  Volume,
+  WritePiece,
+  WriteResult,
+} from "./types.js";
 
 /** Options of {@link createVdiskClient}. */
 export interface VdiskClientOptions {
@@ -292,7 +313,9 @@ export interface RawClients {
 // Data pieces larger than this are split before sending: 256 KiB–1 MiB messages stream fastest.
 const WRITE_SLICE = MiB;
 
-function qcow2Init(o: Qcow2CreateOptions | undefined): MessageInitShape<typeof Qcow2OptionsSchema> | undefined {
+function qcow2Init(
+  o: Qcow2CreateOptions | undefined,
+): MessageInitShape<typeof Qcow2OptionsSchema> | undefined {
   if (!o) return undefined;
   return {
     compat: o.compat ? qcow2Compats.encode(o.compat) : 0,
@@ -304,16 +327,21 @@ function qcow2Init(o: Qcow2CreateOptions | undefined): MessageInitShape<typeof Q
 
 function vmdkInit(o: VmdkCreateOptions | undefined): MessageInitShape<typeof VmdkOptionsSchema> | undefined {
   if (!o) return undefined;
-  return { subformat: o.subformat ? vmdkSubformats.encode(o.subformat) : 0, zeroedGrain: o.zeroedGrain ?? false };
+  return {
+    subformat: o.subformat ? vmdkSubformats.encode(o.subformat) : 0,
+    zeroedGrain: o.zeroedGrain ?? false,
+  };
 }
 
 function volumeResult(job: WireJob): Volume {
-  if (job.result?.result.case !== "volume") throw new VdiskError("job succeeded without a volume result", { status: 13 });
+  if (job.result?.result.case !== "volume")
+    throw new VdiskError("job succeeded without a volume result", { status: 13 });
   return volumeFromWire(job.result.result.value);
 }
 
 function checkResult(job: WireJob): CheckReport {
-  if (job.result?.result.case !== "check") throw new VdiskError("check job succeeded without a report", { status: 13 });
+  if (job.result?.result.case !== "check")
+    throw new VdiskError("check job succeeded without a report", { status: 13 });
   return checkReportFromWire(job.result.result.value);
 }
 
@@ -374,7 +402,10 @@ export class VdiskClient {
   }
 
   /** Unary call with UNAVAILABLE retries; `call` must reuse one request object so retries share its request id. */
-  private unary<T>(options: CallOptions | undefined, call: (opts: { signal?: AbortSignal | undefined; timeoutMs?: number }) => Promise<T>): Promise<T> {
+  private unary<T>(
+    options: CallOptions | undefined,
+    call: (opts: { signal?: AbortSignal | undefined; timeoutMs?: number }) => Promise<T>,
+  ): Promise<T> {
     const opts = this.unaryOptions(options);
     return retryUnavailable(() => call(opts), this.retry, options?.signal);
   }
@@ -405,7 +436,9 @@ export class VdiskClient {
       format: volumeFormats.encode(spec.format),
       capacityBytes: toUint64(spec.capacityBytes, "capacityBytes"),
       preallocation: preallocations.encode(spec.preallocation ?? "off"),
-      ...(spec.allocationBytes === undefined ? {} : { allocationBytes: toUint64(spec.allocationBytes, "allocationBytes") }),
+      ...(spec.allocationBytes === undefined
+        ? {}
+        : { allocationBytes: toUint64(spec.allocationBytes, "allocationBytes") }),
       backingVolume: spec.backingVolume ?? "",
       clusterSize: spec.clusterSize === undefined ? 0 : toUint32(spec.clusterSize, "clusterSize"),
       qcow2: qcow2Init(spec.qcow2),
@@ -431,16 +464,26 @@ export class VdiskClient {
 
   /** Fetches one page of volumes, in name order. */
   async listVolumesPage(options?: ListVolumesOptions): Promise<Page<Volume>> {
-    const request = { pageSize: options?.pageSize ?? 0, pageToken: options?.pageToken ?? "", labelSelector: { ...options?.labelSelector } };
+    const request = {
+      pageSize: options?.pageSize ?? 0,
+      pageToken: options?.pageToken ?? "",
+      labelSelector: { ...options?.labelSelector },
+    };
     const response = await this.unary(options, (o) => this.raw.volumes.listVolumes(request, o));
-    return { items: response.volumes.map(volumeFromWire), nextPageToken: response.nextPageToken || undefined };
+    return {
+      items: response.volumes.map(volumeFromWire),
+      nextPageToken: response.nextPageToken || undefined,
+    };
   }
 
   /** Iterates over all volumes (every page), in name order. */
   async *listVolumes(options?: ListVolumesOptions): AsyncGenerator<Volume, void, undefined> {
     let pageToken = options?.pageToken;
     do {
-      const page = await this.listVolumesPage({ ...options, ...(pageToken === undefined ? {} : { pageToken }) });
+      const page = await this.listVolumesPage({
+        ...options,
+        ...(pageToken === undefined ? {} : { pageToken }),
+      });
       yield* page.items;
       pageToken = page.nextPageToken;
     } while (pageToken);
@@ -505,7 +548,11 @@ export class VdiskClient {
       requestId: options.requestId ?? randomUUID(),
       cancelOnDisconnect: options.cancelOnDisconnect ?? false,
     };
-    return this.job(options, (signal) => this.raw.allocation.allocateRange(request, { signal }), allocateResult);
+    return this.job(
+      options,
+      (signal) => this.raw.allocation.allocateRange(request, { signal }),
+      allocateResult,
+    );
   }
 
   /** Copies up everything the backing chain provides, then drops the backing link (or relinks to `baseVolume`). */
@@ -516,11 +563,20 @@ export class VdiskClient {
       requestId: options?.requestId ?? randomUUID(),
       cancelOnDisconnect: options?.cancelOnDisconnect ?? false,
     };
-    return this.job(options, (signal) => this.raw.allocation.flattenVolume(request, { signal }), allocateResult);
+    return this.job(
+      options,
+      (signal) => this.raw.allocation.flattenVolume(request, { signal }),
+      allocateResult,
+    );
   }
 
   /** Makes a range read as zeros without sending zeros; `mayUnmap` lets the server free the space. */
-  async writeZeroes(name: string, offset: number, length: number, options?: MutationOptions & { mayUnmap?: boolean }): Promise<void> {
+  async writeZeroes(
+    name: string,
+    offset: number,
+    length: number,
+    options?: MutationOptions & { mayUnmap?: boolean },
+  ): Promise<void> {
     const request = {
       name,
       offset: toUint64(offset, "offset"),
@@ -533,7 +589,12 @@ export class VdiskClient {
 
   /** Frees a range where the format allows; it then reads as zeros (never as backing data). */
   async discard(name: string, offset: number, length: number, options?: MutationOptions): Promise<void> {
-    const request = { name, offset: toUint64(offset, "offset"), length: toUint64(length, "length"), requestId: options?.requestId ?? randomUUID() };
+    const request = {
+      name,
+      offset: toUint64(offset, "offset"),
+      length: toUint64(length, "length"),
+      requestId: options?.requestId ?? randomUUID(),
+    };
     await this.unary(options, (o) => this.raw.allocation.discard(request, o));
   }
 
@@ -547,9 +608,17 @@ export class VdiskClient {
       offset: toUint64(options?.offset ?? 0, "offset"),
       length: toUint64(options?.length ?? 0, "length"),
       baseVolume: options?.baseVolume ?? "",
-      maxExtentsPerMessage: options?.maxExtentsPerMessage === undefined ? 0 : toUint32(options.maxExtentsPerMessage, "maxExtentsPerMessage"),
+      maxExtentsPerMessage:
+        options?.maxExtentsPerMessage === undefined
+          ? 0
+          : toUint32(options.maxExtentsPerMessage, "maxExtentsPerMessage"),
     };
-    return new AllocationMapStream((req, signal) => this.raw.allocation.getAllocationMap(req, { signal }), request, this.retry, options?.signal);
+    return new AllocationMapStream(
+      (req, signal) => this.raw.allocation.getAllocationMap(req, { signal }),
+      request,
+      this.retry,
+      options?.signal,
+    );
   }
 
   /**
@@ -571,7 +640,11 @@ export class VdiskClient {
    * Writes data pieces, zero runs and flush markers to a volume, in the order given. Large data pieces are
    * split into 1 MiB messages. Resolves when the server has written (and, at the end, flushed) everything.
    */
-  async writeVolume(name: string, pieces: AsyncIterable<WritePiece> | Iterable<WritePiece>, options?: WriteOptions): Promise<WriteResult> {
+  async writeVolume(
+    name: string,
+    pieces: AsyncIterable<WritePiece> | Iterable<WritePiece>,
+    options?: WriteOptions,
+  ): Promise<WriteResult> {
     const zeroDetection = zeroDetections.encode(options?.zeroDetection ?? "off");
     async function* messages(): AsyncGenerator<MessageInitShape<typeof WriteVolumeRequestSchema>> {
       yield { payload: { case: "open", value: { name, zeroDetection } } };
@@ -579,7 +652,12 @@ export class VdiskClient {
         if ("flush" in piece) {
           yield { payload: { case: "flush", value: {} } };
         } else if ("zero" in piece) {
-          yield { payload: { case: "zero", value: { offset: toUint64(piece.offset, "offset"), length: toUint64(piece.length, "length") } } };
+          yield {
+            payload: {
+              case: "zero",
+              value: { offset: toUint64(piece.offset, "offset"), length: toUint64(piece.length, "length") },
+            },
+          };
         } else {
           toUint64(piece.offset + piece.data.length, "offset + data length");
           for (let at = 0; at < piece.data.length; at += WRITE_SLICE) {
@@ -589,7 +667,9 @@ export class VdiskClient {
         }
       }
     }
-    const response = await mapErrors(() => this.raw.data.writeVolume(messages(), { signal: options?.signal }));
+    const response = await mapErrors(() =>
+      this.raw.data.writeVolume(messages(), { signal: options?.signal }),
+    );
     return {
       writtenBytes: fromUint64(response.writtenBytes, "written_bytes"),
       zeroedBytes: fromUint64(response.zeroedBytes, "zeroed_bytes"),
@@ -601,7 +681,11 @@ export class VdiskClient {
    * Uploads an image file's bytes as a new volume. The server inspects the content before storing it
    * (no backing files, matching format). Resolves with the stored volume.
    */
-  async importVolume(spec: ImportSpec, data: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, options?: { signal?: AbortSignal; requestId?: string }): Promise<Volume> {
+  async importVolume(
+    spec: ImportSpec,
+    data: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+    options?: { signal?: AbortSignal; requestId?: string },
+  ): Promise<Volume> {
     const header = {
       name: spec.name,
       format: volumeFormats.encode(spec.format),
@@ -615,11 +699,15 @@ export class VdiskClient {
       yield { payload: { case: "header", value: header } };
       for await (const bytes of data) {
         for (let at = 0; at < bytes.length; at += WRITE_SLICE) {
-          yield { payload: { case: "data", value: bytes.subarray(at, Math.min(bytes.length, at + WRITE_SLICE)) } };
+          yield {
+            payload: { case: "data", value: bytes.subarray(at, Math.min(bytes.length, at + WRITE_SLICE)) },
+          };
         }
       }
     }
-    const response = await mapErrors(() => this.raw.volumes.importVolume(messages(), { signal: options?.signal }));
+    const response = await mapErrors(() =>
+      this.raw.volumes.importVolume(messages(), { signal: options?.signal }),
+    );
     if (!response.volume) throw new VdiskError("ImportVolume returned no volume", { status: 13 });
     return volumeFromWire(response.volume);
   }
@@ -635,7 +723,9 @@ export class VdiskClient {
       compress: options?.compress ?? false,
       chunkSize: options?.chunkSize === undefined ? 0 : toUint32(options.chunkSize, "chunkSize"),
     };
-    for await (const message of mapErrorsOf(this.raw.volumes.exportVolume(request, { signal: options?.signal }))) {
+    for await (const message of mapErrorsOf(
+      this.raw.volumes.exportVolume(request, { signal: options?.signal }),
+    )) {
       const payload = message.payload;
       if (payload.case === "header") {
         yield {
@@ -647,7 +737,11 @@ export class VdiskClient {
       } else if (payload.case === "chunk") {
         yield { offset: fromUint64(payload.value.offset, "offset"), data: payload.value.data };
       } else if (payload.case === "zero") {
-        yield { offset: fromUint64(payload.value.offset, "offset"), length: fromUint64(payload.value.length, "length"), zero: true };
+        yield {
+          offset: fromUint64(payload.value.offset, "offset"),
+          length: fromUint64(payload.value.length, "length"),
+          zero: true,
+        };
       }
     }
   }
@@ -666,7 +760,11 @@ export class VdiskClient {
   }
 
   /** Uploads a local image file (raw, qcow2 or vmdk bytes) as a new volume. */
-  importFile(path: string, spec: ImportSpec, options?: { signal?: AbortSignal; requestId?: string }): Promise<Volume> {
+  importFile(
+    path: string,
+    spec: ImportSpec,
+    options?: { signal?: AbortSignal; requestId?: string },
+  ): Promise<Volume> {
     return importFile(this, path, spec, options);
   }
 
@@ -707,7 +805,11 @@ export class VdiskClient {
 
   /** Attaches to a running (or finished) job by id; aborting `signal` cancels the job. */
   watchJob(id: string, options?: { signal?: AbortSignal }): JobHandle<JobResult> {
-    return this.job(options, (signal) => this.raw.jobs.watchJob({ id }, { signal }), (job) => jobResultFromWire(job.result));
+    return this.job(
+      options,
+      (signal) => this.raw.jobs.watchJob({ id }, { signal }),
+      (job) => jobResultFromWire(job.result),
+    );
   }
 
   /** Asks a job to stop at its next safe point. Cancelling a finished job is not an error. */

@@ -1,10 +1,18 @@
-import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import {
+  jobKinds,
+  jobStates,
+  preallocations,
+  qcow2Compats,
+  vmdkSubformats,
+  volumeFormats,
+  volumeStates,
+} from "./enums.js";
+import { VdiskError } from "./errors.js";
 import type * as alloc from "./gen/vdisk/v1/allocation_types_pb.js";
 import type * as jobs from "./gen/vdisk/v1/job_pb.js";
 import type * as vol from "./gen/vdisk/v1/volume_types_pb.js";
-import { jobKinds, jobStates, preallocations, qcow2Compats, vmdkSubformats, volumeFormats, volumeStates } from "./enums.js";
-import { VdiskError } from "./errors.js";
 import { fromUint64 } from "./sizes.js";
 import type {
   AllocateSummary,
@@ -52,7 +60,9 @@ export function volumeFromWire(v: vol.Volume): Volume {
           snapshots: v.qcow2.snapshots,
         }
       : undefined,
-    vmdk: v.vmdk ? { subformat: vmdkSubformats.decode(v.vmdk.subformat, "monolithicSparse"), cid: v.vmdk.cid } : undefined,
+    vmdk: v.vmdk
+      ? { subformat: vmdkSubformats.decode(v.vmdk.subformat, "monolithicSparse"), cid: v.vmdk.cid }
+      : undefined,
     errorMessage: v.errorMessage || undefined,
   };
 }

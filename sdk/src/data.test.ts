@@ -31,7 +31,12 @@ describe("getAllocationMap", () => {
           yield {
             extents: [{ ...extent(MiB, MiB, true), hostOffset: BigInt(MiB) }, extent(2 * MiB, MiB, false)],
             nextOffset: BigInt(3 * MiB),
-            summary: { dataBytes: BigInt(MiB), zeroBytes: BigInt(2 * MiB), unallocatedBytes: BigInt(2 * MiB), topAllocatedBytes: BigInt(MiB) },
+            summary: {
+              dataBytes: BigInt(MiB),
+              zeroBytes: BigInt(2 * MiB),
+              unallocatedBytes: BigInt(2 * MiB),
+              topAllocatedBytes: BigInt(MiB),
+            },
           };
         },
       });
@@ -39,10 +44,24 @@ describe("getAllocationMap", () => {
     const map = await createVdiskClient({ transport }).getAllocationMap("disk1").collect();
     expect(map.extents).toEqual([
       { offset: 0, length: MiB, data: false, zero: true, present: false, depth: 0, compressed: false },
-      { offset: MiB, length: MiB, data: true, zero: false, present: true, depth: 0, hostOffset: MiB, compressed: false },
+      {
+        offset: MiB,
+        length: MiB,
+        data: true,
+        zero: false,
+        present: true,
+        depth: 0,
+        hostOffset: MiB,
+        compressed: false,
+      },
       { offset: 2 * MiB, length: MiB, data: false, zero: true, present: false, depth: 0, compressed: false },
     ]);
-    expect(map.summary).toEqual({ dataBytes: MiB, zeroBytes: 2 * MiB, unallocatedBytes: 2 * MiB, topAllocatedBytes: MiB });
+    expect(map.summary).toEqual({
+      dataBytes: MiB,
+      zeroBytes: 2 * MiB,
+      unallocatedBytes: 2 * MiB,
+      topAllocatedBytes: MiB,
+    });
   });
 
   it("resumes from next_offset when the stream breaks with UNAVAILABLE", async () => {
@@ -55,11 +74,17 @@ describe("getAllocationMap", () => {
             yield { extents: [extent(0, MiB, true)], nextOffset: BigInt(MiB) };
             throw new ConnectError("connection reset", Code.Unavailable);
           }
-          yield { extents: [extent(MiB, MiB, false)], nextOffset: BigInt(2 * MiB), summary: { dataBytes: BigInt(MiB) } };
+          yield {
+            extents: [extent(MiB, MiB, false)],
+            nextOffset: BigInt(2 * MiB),
+            summary: { dataBytes: BigInt(MiB) },
+          };
         },
       });
     });
-    const stream = createVdiskClient({ transport, retry: { initialDelayMs: 1 } }).getAllocationMap("disk1", { length: 2 * MiB });
+    const stream = createVdiskClient({ transport, retry: { initialDelayMs: 1 } }).getAllocationMap("disk1", {
+      length: 2 * MiB,
+    });
     const extents = [];
     for await (const e of stream) extents.push(e);
     expect(extents.map((e) => e.offset)).toEqual([0, MiB]);
@@ -99,13 +124,19 @@ describe("readVolume and writeVolume", () => {
     });
     const result = await createVdiskClient({ transport }).writeVolume(
       "disk1",
-      [{ offset: 0, data: new Uint8Array(2.5 * MiB) }, { offset: 3 * MiB, length: 512, zero: true }, { flush: true }],
+      [
+        { offset: 0, data: new Uint8Array(2.5 * MiB) },
+        { offset: 3 * MiB, length: 512, zero: true },
+        { flush: true },
+      ],
       { zeroDetection: "unmap" },
     );
     expect(result).toEqual({ writtenBytes: 3 * MiB, zeroedBytes: 512, flushedBytes: 3 * MiB });
     expect(received.map((p) => p.case)).toEqual(["open", "chunk", "chunk", "chunk", "zero", "flush"]);
     expect(received[0]).toMatchObject({ value: { name: "disk1", zeroDetection: 3 } });
-    const chunks = received.filter((p) => p.case === "chunk").map((p) => [Number(p.value.offset), p.value.data.length]);
+    const chunks = received
+      .filter((p) => p.case === "chunk")
+      .map((p) => [Number(p.value.offset), p.value.data.length]);
     expect(chunks).toEqual([
       [0, MiB],
       [MiB, MiB],
@@ -118,7 +149,9 @@ describe("file helpers", () => {
   it("splitZeroRuns finds zero blocks at 64 KiB granularity", () => {
     const buffer = Buffer.alloc(256 * KiB);
     buffer[70 * KiB] = 7;
-    const pieces = [...splitZeroRuns(buffer, 1000)].map((p) => ("zero" in p ? ["zero", p.offset, p.length] : ["data", p.offset, p.data.length]));
+    const pieces = [...splitZeroRuns(buffer, 1000)].map((p) =>
+      "zero" in p ? ["zero", p.offset, p.length] : ["data", p.offset, p.data.length],
+    );
     expect(pieces).toEqual([
       ["zero", 1000, 64 * KiB],
       ["data", 1000 + 64 * KiB, 64 * KiB],
@@ -163,8 +196,18 @@ describe("file helpers", () => {
       service(DataService, {
         async *readVolume() {
           yield { payload: { case: "zero", value: { offset: 0n, length: BigInt(32 * MiB) } } };
-          yield { payload: { case: "chunk", value: { offset: BigInt(32 * MiB), data: new Uint8Array(4096).fill(9) } } };
-          yield { payload: { case: "zero", value: { offset: BigInt(32 * MiB + 4096), length: BigInt(size - 32 * MiB - 4096) } } };
+          yield {
+            payload: {
+              case: "chunk",
+              value: { offset: BigInt(32 * MiB), data: new Uint8Array(4096).fill(9) },
+            },
+          };
+          yield {
+            payload: {
+              case: "zero",
+              value: { offset: BigInt(32 * MiB + 4096), length: BigInt(size - 32 * MiB - 4096) },
+            },
+          };
         },
       });
     });

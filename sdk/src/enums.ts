@@ -15,7 +15,15 @@ export type VolumeStateName = "creating" | "ready" | "deleting" | "error" | "uns
 /** Lifecycle of a job. `unspecified` only appears if the server sends a value this SDK does not know. */
 export type JobStateName = "queued" | "running" | "succeeded" | "failed" | "cancelled" | "unspecified";
 /** The operation a job performs. */
-export type JobKindName = "create" | "resize" | "clone" | "check" | "import" | "allocate" | "flatten" | "unspecified";
+export type JobKindName =
+  | "create"
+  | "resize"
+  | "clone"
+  | "check"
+  | "import"
+  | "allocate"
+  | "flatten"
+  | "unspecified";
 /** LINKED: a qcow2 overlay backed by the source. FULL: an independent sparse-aware copy in any format. */
 export type CloneModeName = "linked" | "full";
 /** How much CheckVolume repairs. */
@@ -34,7 +42,10 @@ function enumTable<N extends string, E extends number>(what: string, pairs: read
   return {
     encode(name: N): E {
       const value = toWire.get(name);
-      if (value === undefined) throw new TypeError(`unknown ${what} "${String(name)}"; expected one of ${[...toWire.keys()].join(", ")}`);
+      if (value === undefined)
+        throw new TypeError(
+          `unknown ${what} "${String(name)}"; expected one of ${[...toWire.keys()].join(", ")}`,
+        );
       return value;
     },
     decode<F extends N>(value: number, fallback: F): N {

@@ -10,7 +10,10 @@ import { VolumeService } from "./gen/vdisk/v1/volume_pb.js";
 
 function notFound(name: string): ConnectError {
   return new ConnectError(`volume "${name}" not found`, Code.NotFound, undefined, [
-    { desc: ErrorInfoSchema, value: { reason: "VOLUME_NOT_FOUND", domain: "vdisk.dev", metadata: { volume: name } } },
+    {
+      desc: ErrorInfoSchema,
+      value: { reason: "VOLUME_NOT_FOUND", domain: "vdisk.dev", metadata: { volume: name } },
+    },
   ]);
 }
 
@@ -47,10 +50,20 @@ describe("VdiskError", () => {
     const status = create(StatusSchema, {
       code: Code.ResourceExhausted,
       message: "pool is full",
-      details: [anyPack(ErrorInfoSchema, create(ErrorInfoSchema, { reason: "NO_SPACE", domain: "vdisk.dev", metadata: { needed: "42" } }))],
+      details: [
+        anyPack(
+          ErrorInfoSchema,
+          create(ErrorInfoSchema, { reason: "NO_SPACE", domain: "vdisk.dev", metadata: { needed: "42" } }),
+        ),
+      ],
     });
     const error = VdiskError.fromStatus(status);
-    expect(error).toMatchObject({ code: "resource_exhausted", reason: "NO_SPACE", metadata: { needed: "42" }, message: "pool is full" });
+    expect(error).toMatchObject({
+      code: "resource_exhausted",
+      reason: "NO_SPACE",
+      metadata: { needed: "42" },
+      message: "pool is full",
+    });
   });
 
   it("maps abort and timeout errors to canceled and deadline_exceeded", () => {

@@ -120,8 +120,16 @@ export class VdiskError extends Error {
       });
     }
     if (reason instanceof Error) {
-      if (reason.name === "AbortError") return new VdiskError(reason.message || "operation aborted", { status: Code.Canceled, cause: reason });
-      if (reason.name === "TimeoutError") return new VdiskError(reason.message || "operation timed out", { status: Code.DeadlineExceeded, cause: reason });
+      if (reason.name === "AbortError")
+        return new VdiskError(reason.message || "operation aborted", {
+          status: Code.Canceled,
+          cause: reason,
+        });
+      if (reason.name === "TimeoutError")
+        return new VdiskError(reason.message || "operation timed out", {
+          status: Code.DeadlineExceeded,
+          cause: reason,
+        });
       return new VdiskError(reason.message, { status: Code.Unknown, cause: reason });
     }
     return new VdiskError(String(reason), { status: Code.Unknown, cause: reason });

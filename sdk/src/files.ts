@@ -1,8 +1,8 @@
 import { createReadStream } from "node:fs";
 import { open } from "node:fs/promises";
-import type { VdiskClient, ExportOptions, ImportSpec } from "./client.js";
+import type { ExportOptions, ImportSpec, VdiskClient } from "./client.js";
 import type { VolumeFormatName, ZeroDetectionName } from "./enums.js";
-import { MiB, KiB } from "./sizes.js";
+import { KiB, MiB } from "./sizes.js";
 import type { DataPiece, ReadPiece, Volume, WritePiece, WriteResult, ZeroPiece } from "./types.js";
 
 /** First item of an export: facts about the file that follows. */
@@ -67,19 +67,27 @@ export function* splitZeroRuns(buffer: Buffer, offset: number): Generator<DataPi
     const block = buffer.subarray(at, Math.min(buffer.length, at + ZERO_BLOCK));
     const zero = isZeroBlock(block);
     if (runIsZero !== undefined && zero !== runIsZero) {
-      yield runIsZero ? { offset: offset + runStart, length: at - runStart, zero: true } : { offset: offset + runStart, data: buffer.subarray(runStart, at) };
+      yield runIsZero
+        ? { offset: offset + runStart, length: at - runStart, zero: true }
+        : { offset: offset + runStart, data: buffer.subarray(runStart, at) };
       runStart = at;
     }
     runIsZero = zero;
   }
   if (runIsZero !== undefined) {
     const length = buffer.length - runStart;
-    yield runIsZero ? { offset: offset + runStart, length, zero: true } : { offset: offset + runStart, data: buffer.subarray(runStart) };
+    yield runIsZero
+      ? { offset: offset + runStart, length, zero: true }
+      : { offset: offset + runStart, data: buffer.subarray(runStart) };
   }
 }
 
 /** Reads a local file as write pieces (zero runs merged across reads), ending with a flush. @internal */
-export async function* filePieces(path: string, baseOffset: number, sparse: boolean): AsyncGenerator<WritePiece> {
+export async function* filePieces(
+  path: string,
+  baseOffset: number,
+  sparse: boolean,
+): AsyncGenerator<WritePiece> {
   const file = await open(path, "r");
   try {
     let pendingZero: ZeroPiece | undefined;
@@ -89,7 +97,9 @@ export async function* filePieces(path: string, baseOffset: number, sparse: bool
       const { bytesRead } = await file.read(buffer, 0, READ_SIZE, position);
       if (bytesRead === 0) break;
       const chunk = buffer.subarray(0, bytesRead);
-      const pieces: Iterable<DataPiece | ZeroPiece> = sparse ? splitZeroRuns(chunk, baseOffset + position) : [{ offset: baseOffset + position, data: chunk }];
+      const pieces: Iterable<DataPiece | ZeroPiece> = sparse
+        ? splitZeroRuns(chunk, baseOffset + position)
+        : [{ offset: baseOffset + position, data: chunk }];
       for (const piece of pieces) {
         if ("zero" in piece) {
           if (pendingZero) pendingZero.length += piece.length;
@@ -112,7 +122,12 @@ export async function* filePieces(path: string, baseOffset: number, sparse: bool
 }
 
 /** Writes a local file into an existing volume; all-zero blocks travel as zero runs. @internal */
-export function uploadFile(client: VdiskClient, volume: string, path: string, options?: UploadOptions): Promise<WriteResult> {
+export function uploadFile(
+  client: VdiskClient,
+  volume: string,
+  path: string,
+  options?: UploadOptions,
+): Promise<WriteResult> {
   return client.writeVolume(volume, filePieces(path, options?.offset ?? 0, options?.sparse ?? true), {
     ...(options?.zeroDetection === undefined ? {} : { zeroDetection: options.zeroDetection }),
     ...(options?.signal === undefined ? {} : { signal: options.signal }),
@@ -120,7 +135,11 @@ export function uploadFile(client: VdiskClient, volume: string, path: string, op
 }
 
 /** Writes pieces into a fresh local file; zero runs stay holes, and the file is sized to `minLength` at least. */
-async function writeSparseFile(path: string, pieces: AsyncIterable<ReadPiece>, minLength: () => number): Promise<DownloadResult> {
+async function writeSparseFile(
+  path: string,
+  pieces: AsyncIterable<ReadPiece>,
+  minLength: () => number,
+): Promise<DownloadResult> {
   const file = await open(path, "w");
   try {
     let end = 0;
@@ -132,7 +151,12 @@ async function writeSparseFile(path: string, pieces: AsyncIterable<ReadPiece>, m
       }
       let written = 0;
       while (written < piece.data.length) {
-        const { bytesWritten } = await file.write(piece.data, written, piece.data.length - written, piece.offset + written);
+        const { bytesWritten } = await file.write(
+          piece.data,
+          written,
+          piece.data.length - written,
+          piece.offset + written,
+        );
         written += bytesWritten;
       }
       dataBytes += piece.data.length;
@@ -149,13 +173,26 @@ async function writeSparseFile(path: string, pieces: AsyncIterable<ReadPiece>, m
 }
 
 /** Downloads a whole volume's guest data into a sparse local file. @internal */
-export function downloadFile(client: VdiskClient, volume: string, path: string, options?: DownloadOptions): Promise<DownloadResult> {
-  const pieces = client.readVolume(volume, { sparse: true, ...(options?.signal === undefined ? {} : { signal: options.signal }) });
+export function downloadFile(
+  client: VdiskClient,
+  volume: string,
+  path: string,
+  options?: DownloadOptions,
+): Promise<DownloadResult> {
+  const pieces = client.readVolume(volume, {
+    sparse: true,
+    ...(options?.signal === undefined ? {} : { signal: options.signal }),
+  });
   return writeSparseFile(path, pieces, () => 0);
 }
 
 /** Uploads a local image file as a new volume (ImportVolume). @internal */
-export async function importFile(client: VdiskClient, path: string, spec: ImportSpec, options?: { signal?: AbortSignal; requestId?: string }): Promise<Volume> {
+export async function importFile(
+  client: VdiskClient,
+  path: string,
+  spec: ImportSpec,
+  options?: { signal?: AbortSignal; requestId?: string },
+): Promise<Volume> {
   const handle = await open(path, "r");
   let size: number;
   try {
@@ -165,14 +202,23 @@ export async function importFile(client: VdiskClient, path: string, spec: Import
   }
   const stream = createReadStream(path, { highWaterMark: READ_SIZE });
   try {
-    return await client.importVolume({ uploadBytes: size, ...spec }, stream as AsyncIterable<Buffer>, options);
+    return await client.importVolume(
+      { uploadBytes: size, ...spec },
+      stream as AsyncIterable<Buffer>,
+      options,
+    );
   } finally {
     stream.destroy();
   }
 }
 
 /** Downloads a volume as an image file (ExportVolume); raw exports are written sparse. @internal */
-export async function exportFile(client: VdiskClient, volume: string, path: string, options?: ExportOptions): Promise<DownloadResult> {
+export async function exportFile(
+  client: VdiskClient,
+  volume: string,
+  path: string,
+  options?: ExportOptions,
+): Promise<DownloadResult> {
   let fileBytes = 0;
   async function* filePieces(): AsyncGenerator<ReadPiece> {
     for await (const piece of client.exportVolume(volume, options)) {

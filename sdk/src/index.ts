@@ -11,36 +11,29 @@
  * @packageDocumentation
  */
 export {
+  type AllocateRangeOptions,
+  type AllocationMapOptions,
+  type CallOptions,
+  type CheckOptions,
+  type CloneOptions,
+  type CreateVolumeSpec,
   createVdiskClient,
+  type ExportOptions,
+  type FlattenOptions,
+  type ImportSpec,
+  type JobCallOptions,
+  type ListJobsOptions,
+  type ListVolumesOptions,
+  type MutationOptions,
+  type Qcow2CreateOptions,
+  type RawClients,
+  type ReadOptions,
+  type ResizeOptions,
   VdiskClient,
   type VdiskClientOptions,
-  type CallOptions,
-  type MutationOptions,
-  type JobCallOptions,
-  type CreateVolumeSpec,
-  type Qcow2CreateOptions,
   type VmdkCreateOptions,
-  type ResizeOptions,
-  type CloneOptions,
-  type CheckOptions,
-  type AllocateRangeOptions,
-  type FlattenOptions,
-  type ListVolumesOptions,
-  type ListJobsOptions,
-  type AllocationMapOptions,
-  type ReadOptions,
   type WriteOptions,
-  type ImportSpec,
-  type ExportOptions,
-  type RawClients,
 } from "./client.js";
-export { VdiskError, type VdiskErrorCode, type VdiskErrorInit } from "./errors.js";
-export { JobHandle } from "./job-handle.js";
-export { AllocationMapStream, type AllocationMap } from "./streams.js";
-export type { ExportHeaderPiece, ExportPiece, UploadOptions, DownloadOptions, DownloadResult } from "./files.js";
-export type { RetryPolicy } from "./retry.js";
-export type { TlsOptions, TokenSource } from "./transport.js";
-export { KiB, MiB, GiB, TiB } from "./sizes.js";
 export type {
   AllocateModeName,
   CloneModeName,
@@ -54,6 +47,19 @@ export type {
   VolumeStateName,
   ZeroDetectionName,
 } from "./enums.js";
+export { VdiskError, type VdiskErrorCode, type VdiskErrorInit } from "./errors.js";
+export type {
+  DownloadOptions,
+  DownloadResult,
+  ExportHeaderPiece,
+  ExportPiece,
+  UploadOptions,
+} from "./files.js";
+export { JobHandle } from "./job-handle.js";
+export type { RetryPolicy } from "./retry.js";
+export { GiB, KiB, MiB, TiB } from "./sizes.js";
+export { type AllocationMap, AllocationMapStream } from "./streams.js";
+export type { TlsOptions, TokenSource } from "./transport.js";
 export type {
   AllocateResult,
   AllocateSummary,

@@ -1,21 +1,27 @@
-import { Code, ConnectError, type HandlerContext, createRouterTransport } from "@connectrpc/connect";
+import { create } from "@bufbuild/protobuf";
+import { anyPack } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, createRouterTransport, type HandlerContext } from "@connectrpc/connect";
 import { describe, expect, it, vi } from "vitest";
 import { createVdiskClient } from "./client.js";
+import { VdiskError } from "./errors.js";
+import { ErrorInfoSchema } from "./gen/google/rpc/error_details_pb.js";
 import { VolumeFormat } from "./gen/vdisk/v1/common_pb.js";
 import { JobService, JobState } from "./gen/vdisk/v1/job_pb.js";
 import { VolumeService } from "./gen/vdisk/v1/volume_pb.js";
 import { VolumeState } from "./gen/vdisk/v1/volume_types_pb.js";
-import { anyPack } from "@bufbuild/protobuf/wkt";
-import { create } from "@bufbuild/protobuf";
-import { ErrorInfoSchema } from "./gen/google/rpc/error_details_pb.js";
-import { VdiskError } from "./errors.js";
 import { authInterceptor } from "./transport.js";
 import type { JobSnapshot } from "./types.js";
 
 const FAST_REATTACH = { maxAttempts: 5, initialDelayMs: 1, maxDelayMs: 5 };
 
 function running(id: string, done: number, total = 100) {
-  return { job: { id, state: JobState.RUNNING, progress: { doneBytes: BigInt(done), totalBytes: BigInt(total), phase: "creating" } } };
+  return {
+    job: {
+      id,
+      state: JobState.RUNNING,
+      progress: { doneBytes: BigInt(done), totalBytes: BigInt(total), phase: "creating" },
+    },
+  };
 }
 
 function succeeded(id: string, name = "disk1") {
@@ -24,7 +30,12 @@ function succeeded(id: string, name = "disk1") {
       id,
       state: JobState.SUCCEEDED,
       progress: { doneBytes: 100n, totalBytes: 100n, phase: "done" },
-      result: { result: { case: "volume" as const, value: { name, format: VolumeFormat.RAW, capacityBytes: 1n << 40n, state: VolumeState.READY } } },
+      result: {
+        result: {
+          case: "volume" as const,
+          value: { name, format: VolumeFormat.RAW, capacityBytes: 1n << 40n, state: VolumeState.READY },
+        },
+      },
     },
   };
 }
@@ -34,7 +45,11 @@ function ended(id: string, state: JobState.FAILED | JobState.CANCELLED, code: Co
     job: {
       id,
       state,
-      error: { code, message: `job ${id} ended`, details: [anyPack(ErrorInfoSchema, create(ErrorInfoSchema, { reason, domain: "vdisk.dev" }))] },
+      error: {
+        code,
+        message: `job ${id} ended`,
+        details: [anyPack(ErrorInfoSchema, create(ErrorInfoSchema, { reason, domain: "vdisk.dev" }))],
+      },
     },
   };
 }
@@ -60,12 +75,26 @@ describe("JobHandle", () => {
         },
       });
     });
-    const handle = createVdiskClient({ transport }).createVolume({ name: "disk1", format: "raw", capacityBytes: 2 ** 40 });
+    const handle = createVdiskClient({ transport }).createVolume({
+      name: "disk1",
+      format: "raw",
+      capacityBytes: 2 ** 40,
+    });
     const snapshots = await collect(handle);
-    expect(snapshots.at(-1)).toMatchObject({ jobId: "job-1", state: "succeeded", doneBytes: 100, totalBytes: 100 });
+    expect(snapshots.at(-1)).toMatchObject({
+      jobId: "job-1",
+      state: "succeeded",
+      doneBytes: 100,
+      totalBytes: 100,
+    });
     expect(snapshots.every((s) => typeof s.doneBytes === "number")).toBe(true);
     expect(await handle.jobId).toBe("job-1");
-    expect(await handle.result).toMatchObject({ name: "disk1", format: "raw", capacityBytes: 2 ** 40, state: "ready" });
+    expect(await handle.result).toMatchObject({
+      name: "disk1",
+      format: "raw",
+      capacityBytes: 2 ** 40,
+      state: "ready",
+    });
   });
 
   it("rejects the result with the job's error when it fails, after yielding the terminal snapshot", async () => {
@@ -77,7 +106,11 @@ describe("JobHandle", () => {
         },
       });
     });
-    const handle = createVdiskClient({ transport }).createVolume({ name: "disk1", format: "raw", capacityBytes: 1 << 30 });
+    const handle = createVdiskClient({ transport }).createVolume({
+      name: "disk1",
+      format: "raw",
+      capacityBytes: 1 << 30,
+    });
     const snapshots = await collect(handle);
     expect(snapshots.at(-1)?.state).toBe("failed");
     const error = await handle.result.catch((e: unknown) => e);
@@ -107,7 +140,11 @@ describe("JobHandle", () => {
         },
       });
     });
-    const handle = createVdiskClient({ transport }).createVolume({ name: "disk1", format: "raw", capacityBytes: 1 << 30 });
+    const handle = createVdiskClient({ transport }).createVolume({
+      name: "disk1",
+      format: "raw",
+      capacityBytes: 1 << 30,
+    });
     const job = await handle.cancel();
     expect(job).toMatchObject({ id: "job-3", cancelRequested: true });
     expect(cancelled).toEqual(["job-3"]);
@@ -218,7 +255,11 @@ describe("JobHandle", () => {
         },
       });
     });
-    const handle = createVdiskClient({ transport, reattach: FAST_REATTACH }).createVolume({ name: "d", format: "raw", capacityBytes: 1 });
+    const handle = createVdiskClient({ transport, reattach: FAST_REATTACH }).createVolume({
+      name: "d",
+      format: "raw",
+      capacityBytes: 1,
+    });
     await expect(handle.result).rejects.toMatchObject({ code: "not_found" });
     await expect(collect(handle)).rejects.toMatchObject({ code: "not_found" });
   });
@@ -231,7 +272,10 @@ describe("JobHandle", () => {
             job: {
               id: req.id,
               state: JobState.SUCCEEDED,
-              result: { result: { case: "check" as const, value: { leaks: 3n, qemuExitCode: 3 } }, allocate: { copiedBytes: 0n } },
+              result: {
+                result: { case: "check" as const, value: { leaks: 3n, qemuExitCode: 3 } },
+                allocate: { copiedBytes: 0n },
+              },
             },
           };
         },
@@ -306,7 +350,9 @@ describe("request ids and retries", () => {
         },
       });
     });
-    await expect(createVdiskClient({ transport: failing }).deleteVolume("disk1")).rejects.toMatchObject({ code: "failed_precondition" });
+    await expect(createVdiskClient({ transport: failing }).deleteVolume("disk1")).rejects.toMatchObject({
+      code: "failed_precondition",
+    });
     expect(zeroes).toHaveLength(1);
   });
 
@@ -325,7 +371,9 @@ describe("request ids and retries", () => {
     });
     const client = createVdiskClient({ transport, timeoutMs: 40 });
     await expect(client.getVolume("slow")).rejects.toMatchObject({ code: "deadline_exceeded" });
-    await expect(client.createVolumeAndWait({ name: "slow", format: "raw", capacityBytes: 1 })).resolves.toMatchObject({ name: "slow" });
+    await expect(
+      client.createVolumeAndWait({ name: "slow", format: "raw", capacityBytes: 1 }),
+    ).resolves.toMatchObject({ name: "slow" });
   });
 
   it("the auth interceptor sends the bearer token", async () => {

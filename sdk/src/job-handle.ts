@@ -1,9 +1,9 @@
 import { Code } from "@connectrpc/connect";
 import { snapshotFromWire } from "./convert.js";
-import { VdiskError, abortError } from "./errors.js";
-import type { Job as WireJob, JobEvent } from "./gen/vdisk/v1/job_pb.js";
+import { abortError, VdiskError } from "./errors.js";
+import type { JobEvent, Job as WireJob } from "./gen/vdisk/v1/job_pb.js";
 import { JobState } from "./gen/vdisk/v1/job_pb.js";
-import { type RetryPolicy, backoffDelay, sleep } from "./retry.js";
+import { backoffDelay, type RetryPolicy, sleep } from "./retry.js";
 import type { Job, JobSnapshot } from "./types.js";
 
 /** How a {@link JobHandle} talks to the server. @internal */
@@ -23,7 +23,14 @@ export interface JobHandleSource<T> {
 }
 
 // Codes that say the stream broke rather than that the job or request is wrong: worth re-attaching.
-const TRANSIENT = new Set<number>([Code.Unavailable, Code.Unknown, Code.Internal, Code.Canceled, Code.DeadlineExceeded, Code.Aborted]);
+const TRANSIENT = new Set<number>([
+  Code.Unavailable,
+  Code.Unknown,
+  Code.Internal,
+  Code.Canceled,
+  Code.DeadlineExceeded,
+  Code.Aborted,
+]);
 // How long an abort that arrives before the first event waits for the job id, to be able to cancel the job.
 const CANCEL_GRACE_MS = 10_000;
 
@@ -34,7 +41,9 @@ function isTerminal(state: JobState): boolean {
 function jobFailure(job: WireJob): VdiskError {
   if (job.error) return VdiskError.fromStatus(job.error);
   const cancelled = job.state === JobState.CANCELLED;
-  return new VdiskError(cancelled ? "job cancelled" : "job failed", { status: cancelled ? Code.Canceled : Code.Unknown });
+  return new VdiskError(cancelled ? "job cancelled" : "job failed", {
+    status: cancelled ? Code.Canceled : Code.Unknown,
+  });
 }
 
 function deferred<V>() {
@@ -199,7 +208,8 @@ export class JobHandle<T> implements AsyncIterable<JobSnapshot> {
           const error = VdiskError.from(err);
           // Before the id is known only UNAVAILABLE is safe to retry: the same request id makes the server
           // return the job it may already have started instead of starting a second one.
-          const resumable = this.knownId === undefined ? error.status === Code.Unavailable : TRANSIENT.has(error.status);
+          const resumable =
+            this.knownId === undefined ? error.status === Code.Unavailable : TRANSIENT.has(error.status);
           failures = progressed ? 1 : failures + 1;
           if (!resumable || failures >= this.source.reattach.maxAttempts) {
             this.abandon(error);
@@ -213,7 +223,8 @@ export class JobHandle<T> implements AsyncIterable<JobSnapshot> {
     } catch (err) {
       this.abandon(VdiskError.from(err));
     } finally {
-      if (this.knownId === undefined) this.idDeferred.reject(this.failure ?? new VdiskError("job did not start", { status: Code.Unknown }));
+      if (this.knownId === undefined)
+        this.idDeferred.reject(this.failure ?? new VdiskError("job did not start", { status: Code.Unknown }));
     }
   }
 }

@@ -1,5 +1,5 @@
 import { Code } from "@connectrpc/connect";
-import { VdiskError, abortError } from "./errors.js";
+import { abortError, VdiskError } from "./errors.js";
 
 /** How a call that failed with UNAVAILABLE (server restarting, connection dropped) is retried. */
 export interface RetryPolicy {
@@ -41,7 +41,11 @@ export function backoffDelay(policy: RetryPolicy, retry: number): number {
  * request id and the server deduplicates: a retried create never creates twice.
  * @internal
  */
-export async function retryUnavailable<T>(call: () => Promise<T>, policy: RetryPolicy, signal?: AbortSignal): Promise<T> {
+export async function retryUnavailable<T>(
+  call: () => Promise<T>,
+  policy: RetryPolicy,
+  signal?: AbortSignal,
+): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
       return await call();

@@ -4,7 +4,7 @@ import { createVdiskClient } from "./client.js";
 import { VolumeFormat } from "./gen/vdisk/v1/common_pb.js";
 import { VolumeService } from "./gen/vdisk/v1/volume_pb.js";
 import { VolumeState } from "./gen/vdisk/v1/volume_types_pb.js";
-import { GiB, TiB, fromUint64, toUint32, toUint64 } from "./sizes.js";
+import { fromUint64, GiB, TiB, toUint32, toUint64 } from "./sizes.js";
 
 describe("size conversions", () => {
   it("accepts every safe integer and rejects the rest with RangeError", () => {
@@ -28,13 +28,16 @@ describe("size conversions", () => {
     let calls = 0;
     const transport = createRouterTransport(({ service }) => {
       service(VolumeService, {
+        // biome-ignore lint/correctness/useYield: counts calls only; the test expects none
         async *createVolume() {
           calls++;
         },
       });
     });
     const client = createVdiskClient({ transport });
-    expect(() => client.createVolume({ name: "big", format: "raw", capacityBytes: 2 ** 53 })).toThrow(RangeError);
+    expect(() => client.createVolume({ name: "big", format: "raw", capacityBytes: 2 ** 53 })).toThrow(
+      RangeError,
+    );
     expect(() => client.resizeVolume("big", -5)).toThrow(RangeError);
     expect(calls).toBe(0);
   });
@@ -43,18 +46,36 @@ describe("size conversions", () => {
     const transport = createRouterTransport(({ service }) => {
       service(VolumeService, {
         getVolume: (req) => ({
-          volume: { name: req.name, format: VolumeFormat.QCOW2, capacityBytes: BigInt(TiB), allocationBytes: 65536n, physicalBytes: 196608n, state: VolumeState.READY, clusterSize: 65536 },
+          volume: {
+            name: req.name,
+            format: VolumeFormat.QCOW2,
+            capacityBytes: BigInt(TiB),
+            allocationBytes: 65536n,
+            physicalBytes: 196608n,
+            state: VolumeState.READY,
+            clusterSize: 65536,
+          },
         }),
       });
     });
     const volume = await createVdiskClient({ transport }).getVolume("disk1");
-    expect(volume).toMatchObject({ name: "disk1", format: "qcow2", capacityBytes: TiB, allocationBytes: 65536, physicalBytes: 196608, state: "ready", preallocation: "off" });
+    expect(volume).toMatchObject({
+      name: "disk1",
+      format: "qcow2",
+      capacityBytes: TiB,
+      allocationBytes: 65536,
+      physicalBytes: 196608,
+      state: "ready",
+      preallocation: "off",
+    });
     expect(volume.backingVolume).toBeUndefined();
   });
 
   it("fails a read whose sizes do not fit in a number with RangeError", async () => {
     const transport = createRouterTransport(({ service }) => {
-      service(VolumeService, { getVolume: (req) => ({ volume: { name: req.name, capacityBytes: 2n ** 60n } }) });
+      service(VolumeService, {
+        getVolume: (req) => ({ volume: { name: req.name, capacityBytes: 2n ** 60n } }),
+      });
     });
     await expect(createVdiskClient({ transport }).getVolume("huge")).rejects.toThrow(RangeError);
   });

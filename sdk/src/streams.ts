@@ -3,7 +3,7 @@ import { allocationSummaryFromWire, extentFromWire } from "./convert.js";
 import { VdiskError } from "./errors.js";
 import type { GetAllocationMapResponse } from "./gen/vdisk/v1/allocation_pb.js";
 import type { ReadVolumeResponse } from "./gen/vdisk/v1/data_pb.js";
-import { type RetryPolicy, backoffDelay, sleep } from "./retry.js";
+import { backoffDelay, type RetryPolicy, sleep } from "./retry.js";
 import { fromUint64 } from "./sizes.js";
 import type { AllocationSummary, Extent, ReadPiece } from "./types.js";
 
@@ -17,13 +17,19 @@ export async function* mapErrorsOf<T>(source: AsyncIterable<T>): AsyncGenerator<
 }
 
 /** ReadVolume messages → plain pieces. @internal */
-export async function* readPieces(source: AsyncIterable<ReadVolumeResponse>): AsyncGenerator<ReadPiece, void, undefined> {
+export async function* readPieces(
+  source: AsyncIterable<ReadVolumeResponse>,
+): AsyncGenerator<ReadPiece, void, undefined> {
   for await (const message of mapErrorsOf(source)) {
     const payload = message.payload;
     if (payload.case === "chunk") {
       yield { offset: fromUint64(payload.value.offset, "offset"), data: payload.value.data };
     } else if (payload.case === "zero") {
-      yield { offset: fromUint64(payload.value.offset, "offset"), length: fromUint64(payload.value.length, "length"), zero: true };
+      yield {
+        offset: fromUint64(payload.value.offset, "offset"),
+        length: fromUint64(payload.value.length, "length"),
+        zero: true,
+      };
     }
   }
 }
@@ -46,7 +52,10 @@ export interface AllocationMapRequest {
 }
 
 /** @internal */
-export type AllocationMapCall = (request: AllocationMapRequest, signal: AbortSignal | undefined) => AsyncIterable<GetAllocationMapResponse>;
+export type AllocationMapCall = (
+  request: AllocationMapRequest,
+  signal: AbortSignal | undefined,
+) => AsyncIterable<GetAllocationMapResponse>;
 
 /**
  * A streamed allocation map: iterate it for the extents (once), then `summary` holds the totals.
@@ -105,7 +114,8 @@ export class AllocationMapStream implements AsyncIterable<Extent> {
         } catch (err) {
           const error = VdiskError.from(err);
           failures++;
-          if (error.status !== Code.Unavailable || failures >= this.retry.maxAttempts || this.signal?.aborted) throw error;
+          if (error.status !== Code.Unavailable || failures >= this.retry.maxAttempts || this.signal?.aborted)
+            throw error;
           await sleep(backoffDelay(this.retry, failures), this.signal);
         }
       }
@@ -114,7 +124,10 @@ export class AllocationMapStream implements AsyncIterable<Extent> {
       this.rejectSummary(err);
       throw err;
     } finally {
-      if (!settled) this.rejectSummary(new VdiskError("allocation map iteration stopped early", { status: Code.Canceled }));
+      if (!settled)
+        this.rejectSummary(
+          new VdiskError("allocation map iteration stopped early", { status: Code.Canceled }),
+        );
     }
   }
 }

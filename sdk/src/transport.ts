@@ -1,6 +1,6 @@
 import type * as http2 from "node:http2";
 import type { Interceptor, Transport } from "@connectrpc/connect";
-import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { MiB } from "./sizes.js";
 
 /** TLS material for `https://` base URLs (PEM strings or buffers). */
@@ -102,7 +102,11 @@ export function createVdiskGrpcTransport(settings: GrpcTransportSettings): Owned
   if (settings.tls?.ca !== undefined) nodeOptions.ca = settings.tls.ca;
   if (settings.tls?.cert !== undefined) nodeOptions.cert = settings.tls.cert;
   if (settings.tls?.key !== undefined) nodeOptions.key = settings.tls.key;
-  const sessionManager = new WideWindowSessionManager(settings.baseUrl, nodeOptions, settings.connectionWindowBytes);
+  const sessionManager = new WideWindowSessionManager(
+    settings.baseUrl,
+    nodeOptions,
+    settings.connectionWindowBytes,
+  );
   const transport = createGrpcTransport({
     baseUrl: settings.baseUrl,
     sessionManager,

@@ -2,8 +2,16 @@ import { execFile } from "node:child_process";
 import { mkdir, mkdtemp, readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { GiB, MiB, TiB, type Extent, type JobSnapshot, type VdiskClient, createVdiskClient } from "@vdisk/sdk";
-import { type RunningServer, createLogger, startServer } from "@vdisk/server";
+import {
+  createVdiskClient,
+  type Extent,
+  GiB,
+  type JobSnapshot,
+  MiB,
+  TiB,
+  type VdiskClient,
+} from "@vdisk/sdk";
+import { createLogger, type RunningServer, startServer } from "@vdisk/server";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 /**
@@ -47,14 +55,27 @@ describe("raw volume end to end through the SDK", () => {
 
   it("creates a 1 TiB thin raw volume instantly, with no physical allocation", async () => {
     const started = Date.now();
-    const handle = client.createVolume({ name: NAME, format: "raw", capacityBytes: TiB, preallocation: "off", labels: { suite: "e2e" } });
+    const handle = client.createVolume({
+      name: NAME,
+      format: "raw",
+      capacityBytes: TiB,
+      preallocation: "off",
+      labels: { suite: "e2e" },
+    });
     const snapshots: JobSnapshot[] = [];
     for await (const snapshot of handle) snapshots.push(snapshot);
     const volume = await handle.result;
     expect(Date.now() - started).toBeLessThan(5_000);
     expect(typeof (await handle.jobId)).toBe("string");
     expect(snapshots.at(-1)).toMatchObject({ state: "succeeded" });
-    expect(volume).toMatchObject({ name: NAME, format: "raw", capacityBytes: TiB, state: "ready", preallocation: "off", labels: { suite: "e2e" } });
+    expect(volume).toMatchObject({
+      name: NAME,
+      format: "raw",
+      capacityBytes: TiB,
+      state: "ready",
+      preallocation: "off",
+      labels: { suite: "e2e" },
+    });
     expect(volume.physicalBytes).toBeLessThan(MiB);
 
     const file = await stat(volumeFile());
@@ -82,12 +103,23 @@ describe("raw volume end to end through the SDK", () => {
     expect(summary.dataBytes).toBe(MiB);
     expect(summary.zeroBytes).toBe(TiB - MiB);
 
-    const { stdout } = await run("qemu-img", ["map", "--output=json", "-f", "raw", volumeFile()]).catch((error: unknown) => {
-      throw new Error(`qemu-img is required to check map semantics (Debian: apt-get install qemu-utils): ${String(error)}`);
-    });
+    const { stdout } = await run("qemu-img", ["map", "--output=json", "-f", "raw", volumeFile()]).catch(
+      (error: unknown) => {
+        throw new Error(
+          `qemu-img is required to check map semantics (Debian: apt-get install qemu-utils): ${String(error)}`,
+        );
+      },
+    );
     const qemu = JSON.parse(stdout) as Array<Record<string, number | boolean>>;
     const ours = extents.map((e: Extent) => {
-      const entry: Record<string, number | boolean> = { start: e.offset, length: e.length, depth: e.depth, present: e.present, zero: e.zero, data: e.data };
+      const entry: Record<string, number | boolean> = {
+        start: e.offset,
+        length: e.length,
+        depth: e.depth,
+        present: e.present,
+        zero: e.zero,
+        data: e.data,
+      };
       if (e.hostOffset !== undefined) entry.offset = e.hostOffset;
       return entry;
     });

@@ -1,7 +1,7 @@
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { GiB, KiB, MiB, type VdiskClient, VdiskError, createVdiskClient } from "@vdisk/sdk";
-import { type RunningServer, createLogger, startServer } from "@vdisk/server";
+import { createVdiskClient, GiB, KiB, MiB, type VdiskClient, VdiskError } from "@vdisk/sdk";
+import { createLogger, type RunningServer, startServer } from "@vdisk/server";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 /**
@@ -37,7 +37,9 @@ describe("SDK against a real server", () => {
     expect(vdiskError.reason).toMatch(/^[A-Z][A-Z_]+$/);
     expect(vdiskError.domain).toBe("vdisk.dev");
 
-    const tooBig = await client.createVolumeAndWait({ name: "too-big", format: "raw", capacityBytes: 128 * GiB }).catch((e: unknown) => e);
+    const tooBig = await client
+      .createVolumeAndWait({ name: "too-big", format: "raw", capacityBytes: 128 * GiB })
+      .catch((e: unknown) => e);
     expect(tooBig).toBeInstanceOf(VdiskError);
     expect((tooBig as VdiskError).reason).toBeDefined();
   });
@@ -56,7 +58,10 @@ describe("SDK against a real server", () => {
 
   it("aborting a job call cancels the job on the server and leaves nothing behind", async () => {
     const abort = new AbortController();
-    const handle = client.createVolume({ name: "slow", format: "raw", capacityBytes: 16 * GiB, preallocation: "full" }, { signal: abort.signal });
+    const handle = client.createVolume(
+      { name: "slow", format: "raw", capacityBytes: 16 * GiB, preallocation: "full" },
+      { signal: abort.signal },
+    );
     const jobId = await handle.jobId;
     abort.abort();
     await expect(handle.result).rejects.toMatchObject({ code: "canceled" });
