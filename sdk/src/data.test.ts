@@ -6,7 +6,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createVdiskClient } from "./client.js";
 import { splitZeroRuns } from "./files.js";
 import { AllocationService } from "./gen/vdisk/v1/allocation_pb.js";
+import { VolumeFormat } from "./gen/vdisk/v1/common_pb.js";
 import { DataService, type WriteVolumeRequest } from "./gen/vdisk/v1/data_pb.js";
+import { VolumeService } from "./gen/vdisk/v1/volume_pb.js";
 import { KiB, MiB } from "./sizes.js";
 import type { ReadPiece } from "./types.js";
 
@@ -219,5 +221,67 @@ describe("file helpers", () => {
     const bytes = await readFile(path);
     expect(bytes[32 * MiB]).toBe(9);
     expect(bytes[32 * MiB - 1]).toBe(0);
+  });
+
+  it("importFile sends the header (with the file size) and then the bytes in order", async () => {
+    const path = join(dir, "import.qcow2");
+    const content = Buffer.alloc(3 * MiB + 5, 0x11);
+    await writeFile(path, content);
+    let header: unknown;
+    const parts: Buffer[] = [];
+    const transport = createRouterTransport(({ service }) => {
+      service(VolumeService, {
+        async importVolume(requests) {
+          for await (const r of requests) {
+            if (r.payload.case === "header") header = r.payload.value;
+            else if (r.payload.case === "data") parts.push(Buffer.from(r.payload.value));
+          }
+          return {
+            volume: { name: "imported", format: VolumeFormat.QCOW2 },
+            receivedBytes: BigInt(content.length),
+          };
+        },
+      });
+    });
+    const volume = await createVdiskClient({ transport }).importFile(path, {
+      name: "imported",
+      format: "qcow2",
+    });
+    expect(volume).toMatchObject({ name: "imported", format: "qcow2" });
+    expect(header).toMatchObject({
+      name: "imported",
+      format: VolumeFormat.QCOW2,
+      uploadBytes: BigInt(content.length),
+    });
+    expect(Buffer.concat(parts).equals(content)).toBe(true);
+    expect(parts.every((p) => p.length <= MiB)).toBe(true);
+  });
+
+  it("exportFile writes chunks at their offsets, keeps zero runs as holes and sizes the file from the header", async () => {
+    const path = join(dir, "export.raw");
+    const transport = createRouterTransport(({ service }) => {
+      service(VolumeService, {
+        async *exportVolume(req) {
+          expect(req.format).toBe(VolumeFormat.RAW);
+          yield {
+            payload: {
+              case: "header",
+              value: {
+                format: VolumeFormat.RAW,
+                capacityBytes: BigInt(16 * MiB),
+                fileBytes: BigInt(16 * MiB),
+              },
+            },
+          };
+          yield { payload: { case: "chunk", value: { offset: 0n, data: new Uint8Array([1, 2, 3, 4]) } } };
+          yield { payload: { case: "zero", value: { offset: 4n, length: BigInt(8 * MiB - 4) } } };
+        },
+      });
+    });
+    const result = await createVdiskClient({ transport }).exportFile("disk1", path);
+    expect(result).toEqual({ fileBytes: 16 * MiB, dataBytes: 4 });
+    const bytes = await readFile(path);
+    expect(bytes.length).toBe(16 * MiB);
+    expect([...bytes.subarray(0, 5)]).toEqual([1, 2, 3, 4, 0]);
   });
 });
