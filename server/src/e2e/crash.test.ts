@@ -5,9 +5,8 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { credentials, status } from "@grpc/grpc-js";
 import { afterEach, describe, expect, it } from "vitest";
-import { JobState } from "../gen/vdisk/v1/job.js";
-import { JobServiceClient } from "../gen/vdisk/v1/job.js";
 import { Preallocation } from "../gen/vdisk/v1/common.js";
+import { JobServiceClient, JobState } from "../gen/vdisk/v1/job.js";
 import { VolumeServiceClient } from "../gen/vdisk/v1/volume.js";
 import { call, createRequest, expectStatus } from "./harness.js";
 
@@ -22,10 +21,14 @@ afterEach(() => {
 
 /** Starts `main.ts` as a separate process and resolves with the port parsed from its "listening" log line. */
 function spawnServer(pool: string): Promise<{ child: ChildProcess; port: number }> {
-  const child = spawn(process.execPath, ["--import", "tsx", "server/src/main.ts", "--listen", "127.0.0.1:0", "--pool", pool], {
-    cwd: repoRoot,
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+  const child = spawn(
+    process.execPath,
+    ["--import", "tsx", "server/src/main.ts", "--listen", "127.0.0.1:0", "--pool", pool],
+    {
+      cwd: repoRoot,
+      stdio: ["ignore", "pipe", "pipe"],
+    },
+  );
   children.push(child);
   return new Promise((resolve, reject) => {
     let out = "";
@@ -39,13 +42,16 @@ function spawnServer(pool: string): Promise<{ child: ChildProcess; port: number 
         if (!line.startsWith("{")) continue;
         try {
           const entry = JSON.parse(line) as { port?: number; msg?: string };
-          if (entry.port !== undefined && entry.msg?.includes("listening")) resolve({ child, port: entry.port });
+          if (entry.port !== undefined && entry.msg?.includes("listening"))
+            resolve({ child, port: entry.port });
         } catch {
           // a partial line; wait for more
         }
       }
     });
-    child.once("exit", (code) => reject(new Error(`server exited (${code}) before listening:\n${out}\n${err}`)));
+    child.once("exit", (code) =>
+      reject(new Error(`server exited (${code}) before listening:\n${out}\n${err}`)),
+    );
   });
 }
 
@@ -63,7 +69,12 @@ describe("crash during creation", () => {
     const volumes = new VolumeServiceClient(target, credentials.createInsecure());
 
     // A few GiB written as zeros takes seconds, so the kill lands mid-way.
-    const stream = volumes.createVolume(createRequest("big", { capacityBytes: 3n * 1024n ** 3n, preallocation: Preallocation.PREALLOCATION_FULL }));
+    const stream = volumes.createVolume(
+      createRequest("big", {
+        capacityBytes: 3n * 1024n ** 3n,
+        preallocation: Preallocation.PREALLOCATION_FULL,
+      }),
+    );
     stream.on("error", () => {}); // the server dies under it
     let jobId = "";
     for await (const event of stream) {
@@ -83,7 +94,11 @@ describe("crash during creation", () => {
     const jobs2 = new JobServiceClient(target2, credentials.createInsecure());
     try {
       await expectStatus(call(volumes2, volumes2.getVolume, { name: "big" }), status.NOT_FOUND);
-      const listed = await call(volumes2, volumes2.listVolumes, { pageSize: 0, pageToken: "", labelSelector: {} });
+      const listed = await call(volumes2, volumes2.listVolumes, {
+        pageSize: 0,
+        pageToken: "",
+        labelSelector: {},
+      });
       expect(listed.volumes).toEqual([]);
       const { job } = await call(jobs2, jobs2.getJob, { id: jobId });
       expect(job?.state).toBe(JobState.JOB_STATE_FAILED);

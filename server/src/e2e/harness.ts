@@ -1,7 +1,13 @@
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { type CallOptions, type ClientReadableStream, credentials, Metadata, type ServiceError } from "@grpc/grpc-js";
+import {
+  type CallOptions,
+  type ClientReadableStream,
+  credentials,
+  Metadata,
+  type ServiceError,
+} from "@grpc/grpc-js";
 import { pino } from "pino";
 import { expect } from "vitest";
 import { AllocationServiceClient } from "../gen/vdisk/v1/allocation.js";
@@ -58,7 +64,12 @@ export async function startHarness(): Promise<Harness> {
 export function call<Req, Res>(
   client: object,
   // The generated methods are overloaded; inference uses the last overload, (req, metadata, options, callback).
-  method: (req: Req, metadata: Metadata, options: Partial<CallOptions>, cb: (err: ServiceError | null, res: Res) => void) => unknown,
+  method: (
+    req: Req,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    cb: (err: ServiceError | null, res: Res) => void,
+  ) => unknown,
   req: Req,
 ): Promise<Res> {
   return new Promise((resolve, reject) => {
@@ -72,7 +83,10 @@ export async function collect<T>(stream: ClientReadableStream<T>): Promise<T[]> 
   return out;
 }
 
-export function createRequest(name: string, overrides: Partial<CreateVolumeRequest> = {}): CreateVolumeRequest {
+export function createRequest(
+  name: string,
+  overrides: Partial<CreateVolumeRequest> = {},
+): CreateVolumeRequest {
   return {
     name,
     format: VolumeFormat.VOLUME_FORMAT_RAW,
@@ -90,12 +104,20 @@ export function createRequest(name: string, overrides: Partial<CreateVolumeReque
   };
 }
 
-export async function createVolume(h: Harness, name: string, overrides: Partial<CreateVolumeRequest> = {}): Promise<JobEvent[]> {
+export async function createVolume(
+  h: Harness,
+  name: string,
+  overrides: Partial<CreateVolumeRequest> = {},
+): Promise<JobEvent[]> {
   return collect(h.volumes.createVolume(createRequest(name, overrides)));
 }
 
 /** Asserts that `promise` fails with gRPC `code` and, if given, ErrorInfo `reason` in grpc-status-details-bin. */
-export async function expectStatus(promise: Promise<unknown>, code: number, reason?: string): Promise<ServiceError> {
+export async function expectStatus(
+  promise: Promise<unknown>,
+  code: number,
+  reason?: string,
+): Promise<ServiceError> {
   let caught: unknown;
   try {
     await promise;
