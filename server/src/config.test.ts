@@ -19,16 +19,51 @@ describe("loadConfig", () => {
 
   it("reads flags before environment", () => {
     const c = loadConfig(
-      ["--listen", "0.0.0.0:7000", "--pool", "p", "--max-capacity", "10G", "--log-level", "debug", "--no-reflection", "--max-jobs", "2"],
+      [
+        "--listen",
+        "0.0.0.0:7000",
+        "--pool",
+        "p",
+        "--max-capacity",
+        "10G",
+        "--log-level",
+        "debug",
+        "--no-reflection",
+        "--max-jobs",
+        "2",
+      ],
       { VDISK_LISTEN: "127.0.0.1:1", VDISK_POOL: "/other", VDISK_MAX_CAPACITY: "1M" },
       "/srv",
     );
-    expect(c).toMatchObject({ listen: "0.0.0.0:7000", pool: path.resolve("/srv/p"), maxCapacity: 10 * GIB, logLevel: "debug", reflection: false, maxJobs: 2 });
+    expect(c).toMatchObject({
+      listen: "0.0.0.0:7000",
+      pool: path.resolve("/srv/p"),
+      maxCapacity: 10 * GIB,
+      logLevel: "debug",
+      reflection: false,
+      maxJobs: 2,
+    });
   });
 
   it("reads environment", () => {
-    const c = loadConfig([], { VDISK_LISTEN: "[::1]:0", VDISK_POOL: "/pool", VDISK_MAX_CAPACITY: "1TiB", VDISK_REFLECTION: "0", VDISK_MAX_JOBS: "8" }, "/");
-    expect(c).toMatchObject({ listen: "[::1]:0", pool: "/pool", maxCapacity: 1024 ** 4, reflection: false, maxJobs: 8 });
+    const c = loadConfig(
+      [],
+      {
+        VDISK_LISTEN: "[::1]:0",
+        VDISK_POOL: "/pool",
+        VDISK_MAX_CAPACITY: "1TiB",
+        VDISK_REFLECTION: "0",
+        VDISK_MAX_JOBS: "8",
+      },
+      "/",
+    );
+    expect(c).toMatchObject({
+      listen: "[::1]:0",
+      pool: "/pool",
+      maxCapacity: 1024 ** 4,
+      reflection: false,
+      maxJobs: 8,
+    });
   });
 
   it("returns null for --help", () => {

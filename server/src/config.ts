@@ -93,7 +93,8 @@ export function loadConfig(
 
   let reflection = DEFAULTS.reflection;
   const envReflection = env.VDISK_REFLECTION;
-  if (envReflection !== undefined && envReflection !== "") reflection = parseBool(envReflection, "VDISK_REFLECTION");
+  if (envReflection !== undefined && envReflection !== "")
+    reflection = parseBool(envReflection, "VDISK_REFLECTION");
   if (values["no-reflection"] === true) reflection = false;
   else if (values.reflection === true) reflection = true;
 
@@ -106,13 +107,22 @@ export function loadConfig(
 /** Splits HOST:PORT (IPv6 as [::1]:PORT) and validates the port. */
 export function parseListen(listen: string): { host: string; port: number } {
   const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(listen);
-  if (!m) throw new ConfigError(`--listen must be HOST:PORT (e.g. 127.0.0.1:50051 or [::1]:0); got "${listen}"`);
+  if (!m)
+    throw new ConfigError(`--listen must be HOST:PORT (e.g. 127.0.0.1:50051 or [::1]:0); got "${listen}"`);
   const port = Number(m[2]);
   if (port > 65535) throw new ConfigError(`--listen port must be 0–65535; got ${port}`);
   return { host: m[1] as string, port };
 }
 
-const UNIT: Record<string, number> = { "": 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4, P: 1024 ** 5, E: 1024 ** 6 };
+const UNIT: Record<string, number> = {
+  "": 1,
+  K: 1024,
+  M: 1024 ** 2,
+  G: 1024 ** 3,
+  T: 1024 ** 4,
+  P: 1024 ** 5,
+  E: 1024 ** 6,
+};
 
 /**
  * Parses a size as qemu-img does: a plain byte count or a number with a binary suffix. K, KB, KiB all
@@ -123,8 +133,10 @@ export function parseSize(text: string, what: string): number {
   if (!m) throw new ConfigError(`${what} must be a size like 1073741824, 512M, 10G or 1TiB; got "${text}"`);
   const unit = UNIT[(m[2] as string).toUpperCase()] as number;
   const value = Number(m[1]) * unit;
-  if (!Number.isFinite(value) || value > Number.MAX_SAFE_INTEGER) throw new ConfigError(`${what} is too large: "${text}"`);
-  if (!Number.isInteger(value)) throw new ConfigError(`${what} must be a whole number of bytes; got "${text}"`);
+  if (!Number.isFinite(value) || value > Number.MAX_SAFE_INTEGER)
+    throw new ConfigError(`${what} is too large: "${text}"`);
+  if (!Number.isInteger(value))
+    throw new ConfigError(`${what} must be a whole number of bytes; got "${text}"`);
   return value;
 }
 

@@ -1,4 +1,12 @@
 /** @vdisk/server: run a vdisk gRPC server in-process (tests, embedding) or via main.ts. */
-export { startServer, defaultEngine, GRPC_OPTIONS, SERVICE_NAMES, type RunningServer, type StartServerOptions } from "./server.js";
+
 export { loadConfig, type ServerConfig } from "./config.js";
 export { createLogger } from "./log.js";
+export {
+  defaultEngine,
+  GRPC_OPTIONS,
+  type RunningServer,
+  SERVICE_NAMES,
+  type StartServerOptions,
+  startServer,
+} from "./server.js";

@@ -1,4 +1,4 @@
-import { pino, type Logger } from "pino";
+import { type Logger, pino } from "pino";
 import type { LogLevel } from "./config.js";
 
 export type { Logger };
@@ -13,6 +13,8 @@ export function createLogger(level: LogLevel, options: { pretty?: boolean } = {}
     level,
     base: { service: "vdisk" },
     timestamp: pino.stdTimeFunctions.isoTime,
-    ...(pretty ? { transport: { target: "pino-pretty", options: { colorize: true, translateTime: "SYS:HH:MM:ss.l" } } } : {}),
+    ...(pretty
+      ? { transport: { target: "pino-pretty", options: { colorize: true, translateTime: "SYS:HH:MM:ss.l" } } }
+      : {}),
   });
 }

@@ -4,7 +4,7 @@ import { startServer } from "./server.js";
 
 // Composition only: config → logger → server (catalog, reconcile, engine, services) → signals.
 async function main(): Promise<void> {
-  let config;
+  let config: ReturnType<typeof loadConfig>;
   try {
     config = loadConfig(process.argv.slice(2));
   } catch (err) {
@@ -42,6 +42,8 @@ async function main(): Promise<void> {
 }
 
 main().catch((err: unknown) => {
-  process.stderr.write(`vdisk-server: failed to start: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.stderr.write(
+    `vdisk-server: failed to start: ${err instanceof Error ? err.message : String(err)}\n`,
+  );
   process.exit(1);
 });

@@ -1,6 +1,6 @@
+import type { Http2Server, Http2Session } from "node:http2";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import type { Http2Server, Http2Session } from "node:http2";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
 import { loadSync } from "@grpc/proto-loader";
 import { ReflectionService } from "@grpc/reflection";
@@ -22,7 +22,12 @@ import { type EngineDeps, ImageRegistry } from "./volumes/image-registry.js";
 const MIB = 1024 * 1024;
 
 /** The services served, by full name, for health reporting. */
-export const SERVICE_NAMES = ["vdisk.v1.VolumeService", "vdisk.v1.AllocationService", "vdisk.v1.DataService", "vdisk.v1.JobService"] as const;
+export const SERVICE_NAMES = [
+  "vdisk.v1.VolumeService",
+  "vdisk.v1.AllocationService",
+  "vdisk.v1.DataService",
+  "vdisk.v1.JobService",
+] as const;
 
 /**
  * grpc-js limits, all explicit (DESIGN §7 rule 9). Data messages are ≤ 4 MiB of payload, so 8 MiB leaves
@@ -111,16 +116,24 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
 
   const { host, port: requestedPort } = parseListen(config.listen);
   const port = await new Promise<number>((resolve, reject) => {
-    server.bindAsync(`${host}:${requestedPort}`, ServerCredentials.createInsecure(), (err, bound) => (err ? reject(err) : resolve(bound)));
+    server.bindAsync(`${host}:${requestedPort}`, ServerCredentials.createInsecure(), (err, bound) =>
+      err ? reject(err) : resolve(bound),
+    );
   }).catch((err: unknown) => {
     catalog.close();
     throw err;
   });
   const windows = widenFlowControlWindows(server);
-  if (!windows) log.warn("could not set server HTTP/2 flow-control windows (grpc-js internals changed); uploads will be slower");
+  if (!windows)
+    log.warn(
+      "could not set server HTTP/2 flow-control windows (grpc-js internals changed); uploads will be slower",
+    );
 
   const address = `${host}:${port}`;
-  log.info({ address, port, pool: pool.root, reflection: config.reflection }, `vdisk server listening on ${address}`);
+  log.info(
+    { address, port, pool: pool.root, reflection: config.reflection },
+    `vdisk server listening on ${address}`,
+  );
 
   let closing: Promise<void> | undefined;
   const close = () => {
@@ -153,7 +166,14 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
 function loadContract() {
   const protoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../proto");
   const files = ["volume", "allocation", "data", "job"].map((f) => `vdisk/v1/${f}.proto`);
-  return loadSync(files, { includeDirs: [protoRoot], keepCase: true, longs: String, enums: String, defaults: true, oneofs: true });
+  return loadSync(files, {
+    includeDirs: [protoRoot],
+    keepCase: true,
+    longs: String,
+    enums: String,
+    defaults: true,
+    oneofs: true,
+  });
 }
 
 /**

@@ -7,7 +7,14 @@ import type { EngineErrorCode, FormatName, PreallocMode } from "@vdisk/engine";
  */
 export type VolumeState = "CREATING" | "READY" | "DELETING" | "ERROR";
 export type JobState = "QUEUED" | "RUNNING" | "SUCCEEDED" | "FAILED" | "CANCELLED";
-export type JobKind = "CREATE_VOLUME" | "RESIZE_VOLUME" | "CLONE_VOLUME" | "CHECK_VOLUME" | "IMPORT_VOLUME" | "ALLOCATE_RANGE" | "FLATTEN_VOLUME";
+export type JobKind =
+  | "CREATE_VOLUME"
+  | "RESIZE_VOLUME"
+  | "CLONE_VOLUME"
+  | "CHECK_VOLUME"
+  | "IMPORT_VOLUME"
+  | "ALLOCATE_RANGE"
+  | "FLATTEN_VOLUME";
 
 export const TERMINAL_JOB_STATES: readonly JobState[] = ["SUCCEEDED", "FAILED", "CANCELLED"];
 

@@ -3,8 +3,8 @@ import os from "node:os";
 import path from "node:path";
 import { EngineError } from "@vdisk/engine";
 import { afterEach, describe, expect, it } from "vitest";
-import { jobRecord, volumeRecord } from "./test-records.js";
 import { SqliteCatalog } from "./sqlite-catalog.js";
+import { jobRecord, volumeRecord } from "./test-records.js";
 
 const dirs: string[] = [];
 afterEach(() => {
@@ -29,7 +29,11 @@ describe("SqliteCatalog", () => {
 
   it("does volume CRUD", () => {
     const c = SqliteCatalog.open(":memory:");
-    const v = volumeRecord("a", { options: { qcow2: { compat: "1.1" } }, backingVolume: "base", requestId: "r1" });
+    const v = volumeRecord("a", {
+      options: { qcow2: { compat: "1.1" } },
+      backingVolume: "base",
+      requestId: "r1",
+    });
     c.insertVolume(v);
     expect(c.getVolume("a")).toEqual(v);
     expect(() => c.insertVolume(volumeRecord("a", { uid: "other" }))).toThrow(EngineError);
@@ -74,14 +78,22 @@ describe("SqliteCatalog", () => {
     expect(c.listJobs({ limit: 10 }).map((j) => j.id)).toEqual(["j3", "j2", "j1"]);
     expect(c.listJobs({ limit: 10, states: ["RUNNING"] }).map((j) => j.id)).toEqual(["j2"]);
     expect(c.listJobs({ limit: 10, volume: "w" }).map((j) => j.id)).toEqual(["j3"]);
-    expect(c.listJobs({ limit: 10, before: { createTime: 3, id: "j3" } }).map((j) => j.id)).toEqual(["j2", "j1"]);
+    expect(c.listJobs({ limit: 10, before: { createTime: 3, id: "j3" } }).map((j) => j.id)).toEqual([
+      "j2",
+      "j1",
+    ]);
     const failed = c.updateJob("j2", {
       state: "FAILED",
       endTime: 9,
       progress: { doneBytes: 50, totalBytes: 100, phase: "writing" },
       error: { code: "NO_SPACE", message: "disk full", reason: "HOST_ENOSPC" },
     });
-    expect(failed).toMatchObject({ state: "FAILED", endTime: 9, progress: { doneBytes: 50 }, error: { code: "NO_SPACE", reason: "HOST_ENOSPC" } });
+    expect(failed).toMatchObject({
+      state: "FAILED",
+      endTime: 9,
+      progress: { doneBytes: 50 },
+      error: { code: "NO_SPACE", reason: "HOST_ENOSPC" },
+    });
     expect(c.updateJob("j2", { error: null }).error).toBeUndefined();
     expect(() => c.updateJob("nope", { state: "FAILED" })).toThrow(/not found/);
     c.close();

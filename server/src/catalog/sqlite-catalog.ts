@@ -120,12 +120,16 @@ export class SqliteCatalog implements Catalog {
 
   /** Applied schema version (number of migrations). */
   schemaVersion(): number {
-    const row = this.db.prepare("SELECT MAX(version) AS v FROM schema_migrations").get() as { v: number | null };
+    const row = this.db.prepare("SELECT MAX(version) AS v FROM schema_migrations").get() as {
+      v: number | null;
+    };
     return row.v ?? 0;
   }
 
   private migrate(): void {
-    this.db.exec("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_time INTEGER NOT NULL)");
+    this.db.exec(
+      "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_time INTEGER NOT NULL)",
+    );
     const current = this.schemaVersion();
     if (current > MIGRATIONS.length) {
       throw new EngineError(
@@ -137,7 +141,9 @@ export class SqliteCatalog implements Catalog {
     for (let v = current + 1; v <= MIGRATIONS.length; v++) {
       this.db.transaction(() => {
         this.db.exec(MIGRATIONS[v - 1] as string);
-        this.db.prepare("INSERT INTO schema_migrations (version, applied_time) VALUES (?, ?)").run(v, Date.now());
+        this.db
+          .prepare("INSERT INTO schema_migrations (version, applied_time) VALUES (?, ?)")
+          .run(v, Date.now());
       })();
     }
   }
@@ -185,7 +191,9 @@ export class SqliteCatalog implements Catalog {
       params.push(q.after);
     }
     for (const [key, value] of Object.entries(q.labels ?? {})) {
-      where.push("EXISTS (SELECT 1 FROM json_each(volumes.labels) WHERE json_each.key = ? AND json_each.value = ?)");
+      where.push(
+        "EXISTS (SELECT 1 FROM json_each(volumes.labels) WHERE json_each.key = ? AND json_each.value = ?)",
+      );
       params.push(key, value);
     }
     const sql = `SELECT * FROM volumes ${where.length > 0 ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY name LIMIT ?`;
@@ -196,13 +204,18 @@ export class SqliteCatalog implements Catalog {
   updateVolume(name: string, patch: VolumePatch): VolumeRecord {
     const sets: string[] = ["update_time = ?"];
     const params: unknown[] = [Date.now()];
-    if (patch.state !== undefined) sets.push("state = ?"), params.push(patch.state);
-    if (patch.capacity !== undefined) sets.push("capacity = ?"), params.push(patch.capacity);
-    if (patch.labels !== undefined) sets.push("labels = ?"), params.push(JSON.stringify(patch.labels));
-    if (patch.errorMessage !== undefined) sets.push("error_message = ?"), params.push(patch.errorMessage);
+    const assign = (column: string, value: unknown) => {
+      sets.push(`${column} = ?`);
+      params.push(value);
+    };
+    if (patch.state !== undefined) assign("state", patch.state);
+    if (patch.capacity !== undefined) assign("capacity", patch.capacity);
+    if (patch.labels !== undefined) assign("labels", JSON.stringify(patch.labels));
+    if (patch.errorMessage !== undefined) assign("error_message", patch.errorMessage);
     params.push(name);
     const result = this.db.prepare(`UPDATE volumes SET ${sets.join(", ")} WHERE name = ?`).run(...params);
-    if (result.changes === 0) throw new EngineError("NOT_FOUND", `volume "${name}" not found`, { reason: "VOLUME_NOT_FOUND" });
+    if (result.changes === 0)
+      throw new EngineError("NOT_FOUND", `volume "${name}" not found`, { reason: "VOLUME_NOT_FOUND" });
     return this.getVolume(name) as VolumeRecord;
   }
 
@@ -211,9 +224,11 @@ export class SqliteCatalog implements Catalog {
   }
 
   dependantsOf(name: string): string[] {
-    return (this.db.prepare("SELECT name FROM volumes WHERE backing_volume = ? ORDER BY name").all(name) as { name: string }[]).map(
-      (r) => r.name,
-    );
+    return (
+      this.db.prepare("SELECT name FROM volumes WHERE backing_volume = ? ORDER BY name").all(name) as {
+        name: string;
+      }[]
+    ).map((r) => r.name);
   }
 
   insertJob(j: JobRecord): void {
@@ -252,7 +267,9 @@ export class SqliteCatalog implements Catalog {
   }
 
   findJobByRequestId(requestId: string): JobRecord | undefined {
-    const row = this.db.prepare("SELECT * FROM jobs WHERE request_id = ?").get(requestId) as JobRow | undefined;
+    const row = this.db.prepare("SELECT * FROM jobs WHERE request_id = ?").get(requestId) as
+      | JobRow
+      | undefined;
     return row === undefined ? undefined : toJob(row);
   }
 
@@ -266,8 +283,14 @@ export class SqliteCatalog implements Catalog {
   listJobs(q: JobQuery): JobRecord[] {
     const where: string[] = [];
     const params: unknown[] = [];
-    if (q.volume !== undefined) where.push("volume = ?"), params.push(q.volume);
-    if (q.kind !== undefined) where.push("kind = ?"), params.push(q.kind);
+    if (q.volume !== undefined) {
+      where.push("volume = ?");
+      params.push(q.volume);
+    }
+    if (q.kind !== undefined) {
+      where.push("kind = ?");
+      params.push(q.kind);
+    }
     if (q.states !== undefined && q.states.length > 0) {
       where.push(`state IN (${q.states.map(() => "?").join(", ")})`);
       params.push(...q.states);
@@ -284,7 +307,11 @@ export class SqliteCatalog implements Catalog {
   updateJob(id: string, patch: JobPatch): JobRecord {
     const sets: string[] = [];
     const params: unknown[] = [];
-    if (patch.state !== undefined) sets.push("state = ?"), params.push(patch.state);
+    const assign = (column: string, value: unknown) => {
+      sets.push(`${column} = ?`);
+      params.push(value);
+    };
+    if (patch.state !== undefined) assign("state", patch.state);
     if (patch.progress !== undefined) {
       sets.push("done_bytes = ?", "total_bytes = ?", "phase = ?");
       params.push(patch.progress.doneBytes, patch.progress.totalBytes, patch.progress.phase);
@@ -293,16 +320,18 @@ export class SqliteCatalog implements Catalog {
       sets.push("error_code = ?", "error_message = ?", "error_reason = ?");
       params.push(patch.error?.code ?? null, patch.error?.message ?? null, patch.error?.reason ?? null);
     }
-    if (patch.cancelRequested !== undefined) sets.push("cancel_requested = ?"), params.push(patch.cancelRequested ? 1 : 0);
-    if (patch.startTime !== undefined) sets.push("start_time = ?"), params.push(patch.startTime);
-    if (patch.endTime !== undefined) sets.push("end_time = ?"), params.push(patch.endTime);
+    if (patch.cancelRequested !== undefined) assign("cancel_requested", patch.cancelRequested ? 1 : 0);
+    if (patch.startTime !== undefined) assign("start_time", patch.startTime);
+    if (patch.endTime !== undefined) assign("end_time", patch.endTime);
     if (sets.length > 0) {
       params.push(id);
       const result = this.db.prepare(`UPDATE jobs SET ${sets.join(", ")} WHERE id = ?`).run(...params);
-      if (result.changes === 0) throw new EngineError("NOT_FOUND", `job "${id}" not found`, { reason: "JOB_NOT_FOUND" });
+      if (result.changes === 0)
+        throw new EngineError("NOT_FOUND", `job "${id}" not found`, { reason: "JOB_NOT_FOUND" });
     }
     const job = this.getJob(id);
-    if (job === undefined) throw new EngineError("NOT_FOUND", `job "${id}" not found`, { reason: "JOB_NOT_FOUND" });
+    if (job === undefined)
+      throw new EngineError("NOT_FOUND", `job "${id}" not found`, { reason: "JOB_NOT_FOUND" });
     return job;
   }
 
@@ -318,7 +347,10 @@ export class SqliteCatalog implements Catalog {
 function uniqueViolation(err: unknown, message: string, reason: string): unknown {
   const code = (err as { code?: unknown }).code;
   const text = err instanceof Error ? err.message : "";
-  if ((typeof code === "string" && code.startsWith("SQLITE_CONSTRAINT")) || /UNIQUE constraint failed/.test(text)) {
+  if (
+    (typeof code === "string" && code.startsWith("SQLITE_CONSTRAINT")) ||
+    /UNIQUE constraint failed/.test(text)
+  ) {
     return new EngineError("ALREADY_EXISTS", message, { reason, cause: err });
   }
   return err;
@@ -354,7 +386,11 @@ function toJob(r: JobRow): JobRecord {
     error:
       r.error_code === null
         ? undefined
-        : { code: r.error_code as NonNullable<JobRecord["error"]>["code"], message: r.error_message ?? "", reason: r.error_reason ?? r.error_code },
+        : {
+            code: r.error_code as NonNullable<JobRecord["error"]>["code"],
+            message: r.error_message ?? "",
+            reason: r.error_reason ?? r.error_code,
+          },
     requestId: r.request_id ?? undefined,
     cancelRequested: r.cancel_requested !== 0,
     createTime: r.create_time,

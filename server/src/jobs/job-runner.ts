@@ -58,8 +58,16 @@ export class JobRunner {
    * Records a new QUEUED job — together with `alsoRecord` (e.g. the volume it creates) in one catalog
    * transaction — and starts it. Returns the job's first snapshot.
    */
-  start(spec: JobSpec, work: JobWork, cleanup: (job: JobRecord, error: EngineError) => Promise<void>, alsoRecord?: () => void): JobRecord {
-    if (this.closed) throw new EngineError("FAILED_PRECONDITION", "the server is shutting down", { reason: "SERVER_SHUTDOWN" });
+  start(
+    spec: JobSpec,
+    work: JobWork,
+    cleanup: (job: JobRecord, error: EngineError) => Promise<void>,
+    alsoRecord?: () => void,
+  ): JobRecord {
+    if (this.closed)
+      throw new EngineError("FAILED_PRECONDITION", "the server is shutting down", {
+        reason: "SERVER_SHUTDOWN",
+      });
     const record: JobRecord = {
       id: `job-${randomUUID()}`,
       kind: spec.kind,
@@ -85,7 +93,9 @@ export class JobRunner {
   /** The latest snapshot: live if the job runs in this process, else from the catalog. */
   get(id: string): JobRecord | undefined {
     const live = this.live.get(id);
-    return live !== undefined ? { ...live.record, progress: { ...live.record.progress } } : this.catalog.getJob(id);
+    return live !== undefined
+      ? { ...live.record, progress: { ...live.record.progress } }
+      : this.catalog.getJob(id);
   }
 
   isActive(volume: string): boolean {
@@ -100,7 +110,9 @@ export class JobRunner {
     if (!live.record.cancelRequested) {
       live.record.cancelRequested = true;
       this.catalog.updateJob(id, { cancelRequested: true });
-      live.controller.abort(new EngineError("CANCELLED", "the job was cancelled", { reason: "JOB_CANCELLED" }));
+      live.controller.abort(
+        new EngineError("CANCELLED", "the job was cancelled", { reason: "JOB_CANCELLED" }),
+      );
       this.bump(live);
     }
     return this.get(id);
@@ -129,7 +141,8 @@ export class JobRunner {
       if (signal.aborted) return;
       await Promise.race([live.changed, aborted]);
       if (signal.aborted) return;
-      if (!TERMINAL_JOB_STATES.includes(live.record.state)) await sleep(1000 / EVENTS_PER_SECOND, undefined, { signal }).catch(() => {});
+      if (!TERMINAL_JOB_STATES.includes(live.record.state))
+        await sleep(1000 / EVENTS_PER_SECOND, undefined, { signal }).catch(() => {});
     }
   }
 
@@ -137,7 +150,9 @@ export class JobRunner {
   async shutdown(timeoutMs: number): Promise<void> {
     this.closed = true;
     for (const job of this.live.values()) {
-      job.controller.abort(new EngineError("BUSY", "the server shut down during the job", { reason: "SERVER_SHUTDOWN" }));
+      job.controller.abort(
+        new EngineError("BUSY", "the server shut down during the job", { reason: "SERVER_SHUTDOWN" }),
+      );
     }
     for (const wake of this.waiting.splice(0)) wake();
     const all = Promise.allSettled([...this.live.values()].map((j) => j.done));
@@ -179,7 +194,11 @@ export class JobRunner {
     this.waiting.shift()?.();
   }
 
-  private async execute(job: LiveJob, work: JobWork, cleanup: (job: JobRecord, error: EngineError) => Promise<void>): Promise<void> {
+  private async execute(
+    job: LiveJob,
+    work: JobWork,
+    cleanup: (job: JobRecord, error: EngineError) => Promise<void>,
+  ): Promise<void> {
     const { signal } = job.controller;
     const log = this.log.child({ job: job.record.id, kind: job.record.kind, volume: job.record.volume });
     await this.acquireSlot(signal);
@@ -188,7 +207,11 @@ export class JobRunner {
       job.record.state = "RUNNING";
       job.record.startTime = Date.now();
       job.record.progress.phase = "running";
-      this.catalog.updateJob(job.record.id, { state: "RUNNING", startTime: job.record.startTime, progress: job.record.progress });
+      this.catalog.updateJob(job.record.id, {
+        state: "RUNNING",
+        startTime: job.record.startTime,
+        progress: job.record.progress,
+      });
       this.bump(job);
       log.info("job started");
       const ctx: JobContext = {
@@ -218,11 +241,15 @@ export class JobRunner {
       job.record.error = jobError(error);
       job.record.progress.phase = cancelled ? "cancelled" : "failed";
       if (job.record.error.code === "INTERNAL") log.error({ err: raw }, "job failed with an internal error");
-      else log.warn({ code: error.code, reason: error.reason, message: error.message }, "job did not succeed");
+      else
+        log.warn({ code: error.code, reason: error.reason, message: error.message }, "job did not succeed");
       try {
         await cleanup({ ...job.record }, error);
       } catch (cleanupErr) {
-        log.error({ err: cleanupErr }, "cleaning up after the job failed; reconcile will finish it at the next start");
+        log.error(
+          { err: cleanupErr },
+          "cleaning up after the job failed; reconcile will finish it at the next start",
+        );
       }
     } finally {
       this.releaseSlot();
@@ -246,7 +273,10 @@ function jobError(error: EngineError): JobErrorRecord {
 }
 
 function isAbort(err: unknown): boolean {
-  return (err instanceof Error && err.name === "AbortError") || (err instanceof EngineError && (err.code === "CANCELLED" || err.code === "DEADLINE_EXCEEDED"));
+  return (
+    (err instanceof Error && err.name === "AbortError") ||
+    (err instanceof EngineError && (err.code === "CANCELLED" || err.code === "DEADLINE_EXCEEDED"))
+  );
 }
 
 function abortPromise(signal: AbortSignal): Promise<void> {

@@ -8,7 +8,8 @@ const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
  */
 export function validateVolumeName(name: string, field = "name"): string {
   if (name.length === 0) throw invalidName(field, `${field} is required`);
-  if (name.length > 128) throw invalidName(field, `${field} must be at most 128 characters; got ${name.length}`);
+  if (name.length > 128)
+    throw invalidName(field, `${field} must be at most 128 characters; got ${name.length}`);
   if (name.includes("/")) throw invalidName(field, `${field} must not contain "/"`);
   if (name.includes("..")) throw invalidName(field, `${field} must not contain ".."`);
   if (!NAME_PATTERN.test(name)) {

@@ -70,7 +70,9 @@ export class Pool {
     // rename(2) silently replaces; a link-then-unlink would not, but a stray file under a cataloged name
     // means someone wrote into the pool by hand, and we refuse rather than clobber it.
     if (await exists(finalPath)) {
-      throw new EngineError("ALREADY_EXISTS", `a file for volume "${name}" already exists in the pool`, { reason: "POOL_FILE_EXISTS" });
+      throw new EngineError("ALREADY_EXISTS", `a file for volume "${name}" already exists in the pool`, {
+        reason: "POOL_FILE_EXISTS",
+      });
     }
     await fs.rename(tempPath, finalPath);
     await this.syncDir(this.root);

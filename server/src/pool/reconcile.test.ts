@@ -3,8 +3,8 @@ import os from "node:os";
 import path from "node:path";
 import { pino } from "pino";
 import { afterEach, describe, expect, it } from "vitest";
-import { jobRecord, volumeRecord } from "../catalog/test-records.js";
 import { SqliteCatalog } from "../catalog/sqlite-catalog.js";
+import { jobRecord, volumeRecord } from "../catalog/test-records.js";
 import { Pool } from "./pool.js";
 import { reconcile } from "./reconcile.js";
 
@@ -33,7 +33,9 @@ describe("reconcile", () => {
     fs.writeFileSync(path.join(root, "operator.img"), "not ours");
 
     catalog.insertJob(jobRecord("j-create", { volume: "half", state: "RUNNING" }));
-    catalog.insertJob(jobRecord("j-check", { volume: "ready", state: "RUNNING", kind: "CHECK_VOLUME", createTime: 2 }));
+    catalog.insertJob(
+      jobRecord("j-check", { volume: "ready", state: "RUNNING", kind: "CHECK_VOLUME", createTime: 2 }),
+    );
     catalog.insertJob(jobRecord("j-done", { volume: "ready", state: "SUCCEEDED", createTime: 3 }));
 
     const log = pino({ level: "silent" });
@@ -49,7 +51,10 @@ describe("reconcile", () => {
     expect(fs.readdirSync(pool.tmpDir)).toEqual([]);
     expect(fs.readdirSync(root).sort()).toEqual([".vdisk", "operator.img", "ready.raw"]);
     const createJob = catalog.getJob("j-create");
-    expect(createJob).toMatchObject({ state: "FAILED", error: { message: "server restarted during creation", reason: "SERVER_RESTARTED" } });
+    expect(createJob).toMatchObject({
+      state: "FAILED",
+      error: { message: "server restarted during creation", reason: "SERVER_RESTARTED" },
+    });
     expect(createJob?.endTime).toBeGreaterThan(0);
     expect(catalog.getJob("j-check")?.state).toBe("FAILED");
     expect(catalog.getJob("j-done")?.state).toBe("SUCCEEDED");

@@ -20,14 +20,27 @@ export interface ReconcileReport {
  * - files the catalog does not know are reported, never adopted or deleted (they may be an operator's).
  */
 export async function reconcile(catalog: Catalog, pool: Pool, log: Logger): Promise<ReconcileReport> {
-  const report: ReconcileReport = { removedCreating: [], finishedDeleting: [], failedJobs: [], removedTempFiles: 0, unknownFiles: [] };
+  const report: ReconcileReport = {
+    removedCreating: [],
+    finishedDeleting: [],
+    failedJobs: [],
+    removedTempFiles: 0,
+    unknownFiles: [],
+  };
   const now = Date.now();
 
   // BUSY maps to ABORTED: the work was not done and retrying the request is the right answer.
   const interrupted = catalog.listJobs({ states: ["QUEUED", "RUNNING"], limit: 1_000_000 });
   for (const job of interrupted) {
-    const message = job.kind === "CREATE_VOLUME" ? "server restarted during creation" : "server restarted while the job was running";
-    catalog.updateJob(job.id, { state: "FAILED", endTime: now, error: { code: "BUSY", message, reason: "SERVER_RESTARTED" } });
+    const message =
+      job.kind === "CREATE_VOLUME"
+        ? "server restarted during creation"
+        : "server restarted while the job was running";
+    catalog.updateJob(job.id, {
+      state: "FAILED",
+      endTime: now,
+      error: { code: "BUSY", message, reason: "SERVER_RESTARTED" },
+    });
     report.failedJobs.push(job.id);
   }
 
@@ -50,12 +63,17 @@ export async function reconcile(catalog: Catalog, pool: Pool, log: Logger): Prom
     if (!known.has(file)) report.unknownFiles.push(file);
   }
 
-  for (const name of report.removedCreating) log.warn({ volume: name }, "removed a volume left CREATING by an earlier run");
-  for (const name of report.finishedDeleting) log.info({ volume: name }, "finished deleting a volume left DELETING by an earlier run");
+  for (const name of report.removedCreating)
+    log.warn({ volume: name }, "removed a volume left CREATING by an earlier run");
+  for (const name of report.finishedDeleting)
+    log.info({ volume: name }, "finished deleting a volume left DELETING by an earlier run");
   for (const id of report.failedJobs) log.warn({ job: id }, "marked an interrupted job FAILED");
   if (report.removedTempFiles > 0) log.info({ count: report.removedTempFiles }, "removed temporary files");
   for (const file of report.unknownFiles) {
-    log.warn({ file: path.basename(file) }, "file in the pool has no catalog record; leaving it alone (not adopted, not deleted)");
+    log.warn(
+      { file: path.basename(file) },
+      "file in the pool has no catalog record; leaving it alone (not adopted, not deleted)",
+    );
   }
   return report;
 }

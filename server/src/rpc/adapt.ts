@@ -50,10 +50,14 @@ function openScope(env: AdapterEnv, method: string, call: AnyCall): CallScope {
   const abort = (reason: EngineError) => {
     if (!controller.signal.aborted) controller.abort(reason);
   };
-  const onCancelled = () => abort(new EngineError("CANCELLED", "the call was cancelled by the client", { reason: "CLIENT_CANCELLED" }));
+  const onCancelled = () =>
+    abort(
+      new EngineError("CANCELLED", "the call was cancelled by the client", { reason: "CLIENT_CANCELLED" }),
+    );
   call.on("cancelled", onCancelled);
 
-  const onShutdown = () => abort(new EngineError("CANCELLED", "the server is shutting down", { reason: "SERVER_SHUTDOWN" }));
+  const onShutdown = () =>
+    abort(new EngineError("CANCELLED", "the server is shutting down", { reason: "SERVER_SHUTDOWN" }));
   if (env.shutdown.aborted) onShutdown();
   else env.shutdown.addEventListener("abort", onShutdown, { once: true });
 
@@ -64,7 +68,13 @@ function openScope(env: AdapterEnv, method: string, call: AnyCall): CallScope {
     // setTimeout clamps delays above 2^31-1 ms to 1 ms, so far-away deadlines are simply not armed.
     const delay = Math.max(0, deadlineMs - Date.now());
     if (delay < 2 ** 31 - 1) {
-      timer = setTimeout(() => abort(new EngineError("DEADLINE_EXCEEDED", "the call's deadline was exceeded", { reason: "DEADLINE" })), delay);
+      timer = setTimeout(
+        () =>
+          abort(
+            new EngineError("DEADLINE_EXCEEDED", "the call's deadline was exceeded", { reason: "DEADLINE" }),
+          ),
+        delay,
+      );
       timer.unref();
     }
   }
@@ -83,11 +93,16 @@ function openScope(env: AdapterEnv, method: string, call: AnyCall): CallScope {
 function logFailure(ctx: CallContext, err: unknown): void {
   const wire = toWireError(err);
   if (wire.hidden) ctx.log.error({ err }, "call failed with an internal error");
-  else if (wire.code === status.CANCELLED || wire.code === status.DEADLINE_EXCEEDED) ctx.log.debug({ code: status[wire.code] }, "call ended early");
+  else if (wire.code === status.CANCELLED || wire.code === status.DEADLINE_EXCEEDED)
+    ctx.log.debug({ code: status[wire.code] }, "call ended early");
   else ctx.log.debug({ code: status[wire.code], reason: wire.reason, message: wire.message }, "call failed");
 }
 
-export function unary<Req, Res>(env: AdapterEnv, method: string, impl: UnaryImpl<Req, Res>): handleUnaryCall<Req, Res> {
+export function unary<Req, Res>(
+  env: AdapterEnv,
+  method: string,
+  impl: UnaryImpl<Req, Res>,
+): handleUnaryCall<Req, Res> {
   return (call, callback) => {
     const scope = openScope(env, method, call as AnyCall);
     // Promise.resolve().then: a handler that throws synchronously is caught like one that rejects.
@@ -104,7 +119,11 @@ export function unary<Req, Res>(env: AdapterEnv, method: string, impl: UnaryImpl
   };
 }
 
-export function serverStream<Req, Res>(env: AdapterEnv, method: string, impl: ServerStreamImpl<Req, Res>): handleServerStreamingCall<Req, Res> {
+export function serverStream<Req, Res>(
+  env: AdapterEnv,
+  method: string,
+  impl: ServerStreamImpl<Req, Res>,
+): handleServerStreamingCall<Req, Res> {
   return (call) => {
     const scope = openScope(env, method, call as AnyCall);
     const { signal } = scope.ctx;
@@ -127,7 +146,11 @@ export function serverStream<Req, Res>(env: AdapterEnv, method: string, impl: Se
   };
 }
 
-export function clientStream<Req, Res>(env: AdapterEnv, method: string, impl: ClientStreamImpl<Req, Res>): handleClientStreamingCall<Req, Res> {
+export function clientStream<Req, Res>(
+  env: AdapterEnv,
+  method: string,
+  impl: ClientStreamImpl<Req, Res>,
+): handleClientStreamingCall<Req, Res> {
   return (call, callback) => {
     const scope = openScope(env, method, call as AnyCall);
     const { signal } = scope.ctx;
@@ -152,7 +175,10 @@ export function clientStream<Req, Res>(env: AdapterEnv, method: string, impl: Cl
  * Async iteration over the request stream. Readable pulls from grpc-js only when its small object buffer
  * (highWaterMark 16 messages) has room, so a fast client is held back by HTTP/2 flow control, not memory.
  */
-async function* consume<Req>(call: ServerReadableStream<Req, unknown>, signal: AbortSignal): AsyncGenerator<Req> {
+async function* consume<Req>(
+  call: ServerReadableStream<Req, unknown>,
+  signal: AbortSignal,
+): AsyncGenerator<Req> {
   try {
     for await (const message of call) yield message as Req;
   } catch (err) {
@@ -162,7 +188,10 @@ async function* consume<Req>(call: ServerReadableStream<Req, unknown>, signal: A
 }
 
 function isAbortError(err: unknown): boolean {
-  return (err instanceof Error && err.name === "AbortError") || (err instanceof EngineError && (err.code === "CANCELLED" || err.code === "DEADLINE_EXCEEDED"));
+  return (
+    (err instanceof Error && err.name === "AbortError") ||
+    (err instanceof EngineError && (err.code === "CANCELLED" || err.code === "DEADLINE_EXCEEDED"))
+  );
 }
 
 /** A server stream that fails at once with `error` (for RPCs that are refused before producing anything). */

@@ -1,5 +1,14 @@
-import { EngineError, type FormatName, type PreallocMode, type ZeroDetection as EngineZeroDetection } from "@vdisk/engine";
-import type { JobKind as CatalogJobKind, JobState as CatalogJobState, VolumeState as CatalogVolumeState } from "../catalog/catalog.js";
+import {
+  EngineError,
+  type ZeroDetection as EngineZeroDetection,
+  type FormatName,
+  type PreallocMode,
+} from "@vdisk/engine";
+import type {
+  JobKind as CatalogJobKind,
+  JobState as CatalogJobState,
+  VolumeState as CatalogVolumeState,
+} from "../catalog/catalog.js";
 import { Preallocation, VolumeFormat, ZeroDetection } from "../gen/vdisk/v1/common.js";
 import { JobKind, JobState } from "../gen/vdisk/v1/job.js";
 import { VolumeState } from "../gen/vdisk/v1/volume_types.js";
@@ -12,7 +21,10 @@ const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
  */
 export function toNumber(value: bigint, field: string): number {
   if (value < 0n || value > MAX_SAFE) {
-    throw new EngineError("OUT_OF_RANGE", `${field} is out of range: ${value} (at most 2^53 - 1)`, { reason: "VALUE_TOO_LARGE", metadata: { field } });
+    throw new EngineError("OUT_OF_RANGE", `${field} is out of range: ${value} (at most 2^53 - 1)`, {
+      reason: "VALUE_TOO_LARGE",
+      metadata: { field },
+    });
   }
   return Number(value);
 }
@@ -30,12 +42,19 @@ export function formatFromWire(format: VolumeFormat): FormatName {
     case VolumeFormat.VOLUME_FORMAT_VMDK:
       return "vmdk";
     default:
-      throw new EngineError("INVALID_ARGUMENT", "format is required (RAW, QCOW2 or VMDK)", { reason: "INVALID_FORMAT", metadata: { field: "format" } });
+      throw new EngineError("INVALID_ARGUMENT", "format is required (RAW, QCOW2 or VMDK)", {
+        reason: "INVALID_FORMAT",
+        metadata: { field: "format" },
+      });
   }
 }
 
 export function formatToWire(format: FormatName): VolumeFormat {
-  return { raw: VolumeFormat.VOLUME_FORMAT_RAW, qcow2: VolumeFormat.VOLUME_FORMAT_QCOW2, vmdk: VolumeFormat.VOLUME_FORMAT_VMDK }[format];
+  return {
+    raw: VolumeFormat.VOLUME_FORMAT_RAW,
+    qcow2: VolumeFormat.VOLUME_FORMAT_QCOW2,
+    vmdk: VolumeFormat.VOLUME_FORMAT_VMDK,
+  }[format];
 }
 
 export function preallocFromWire(mode: Preallocation): PreallocMode {
@@ -50,7 +69,10 @@ export function preallocFromWire(mode: Preallocation): PreallocMode {
     case Preallocation.PREALLOCATION_FULL:
       return "full";
     default:
-      throw new EngineError("INVALID_ARGUMENT", `unknown preallocation mode ${String(mode)}`, { reason: "INVALID_PREALLOCATION", metadata: { field: "preallocation" } });
+      throw new EngineError("INVALID_ARGUMENT", `unknown preallocation mode ${String(mode)}`, {
+        reason: "INVALID_PREALLOCATION",
+        metadata: { field: "preallocation" },
+      });
   }
 }
 
@@ -73,7 +95,10 @@ export function zeroDetectionFromWire(mode: ZeroDetection): EngineZeroDetection 
     case ZeroDetection.ZERO_DETECTION_UNMAP:
       return "unmap";
     default:
-      throw new EngineError("INVALID_ARGUMENT", `unknown zero detection mode ${String(mode)}`, { reason: "INVALID_ZERO_DETECTION", metadata: { field: "zero_detection" } });
+      throw new EngineError("INVALID_ARGUMENT", `unknown zero detection mode ${String(mode)}`, {
+        reason: "INVALID_ZERO_DETECTION",
+        metadata: { field: "zero_detection" },
+      });
   }
 }
 

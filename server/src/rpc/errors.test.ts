@@ -34,7 +34,9 @@ describe("error mapping", () => {
   });
 
   it.each(TABLE)("%s → gRPC %i with ErrorInfo in the trailer", (code, expected) => {
-    const s = toGrpcStatus(new EngineError(code, "volume \"v\" said no", { reason: `R_${code}`, metadata: { volume: "v" } }));
+    const s = toGrpcStatus(
+      new EngineError(code, 'volume "v" said no', { reason: `R_${code}`, metadata: { volume: "v" } }),
+    );
     expect(s.code).toBe(expected);
     const { status: rpc, info } = trailerOf(s);
     expect(rpc.code).toBe(expected);
@@ -58,7 +60,9 @@ describe("error mapping", () => {
   });
 
   it("maps host errno through the engine", () => {
-    const s = toGrpcStatus(Object.assign(new Error("ENOSPC: no space left on device, write '/pool/a.raw'"), { code: "ENOSPC" }));
+    const s = toGrpcStatus(
+      Object.assign(new Error("ENOSPC: no space left on device, write '/pool/a.raw'"), { code: "ENOSPC" }),
+    );
     expect(s.code).toBe(status.RESOURCE_EXHAUSTED);
     expect(s.details).not.toContain("/pool");
     expect(trailerOf(s).info?.reason).toBe("HOST_ENOSPC");
@@ -74,6 +78,8 @@ describe("error mapping", () => {
     expect(s.code).toBe(status.UNIMPLEMENTED);
     expect(s.details).toBe("ResizeVolume is not implemented yet (issue 4: jobs)");
     expect(trailerOf(s).info).toMatchObject({ reason: "NOT_IMPLEMENTED", metadata: { rpc: "ResizeVolume" } });
-    expect(toGrpcStatus(new RpcError(status.UNAVAILABLE, "draining", "DRAINING")).code).toBe(status.UNAVAILABLE);
+    expect(toGrpcStatus(new RpcError(status.UNAVAILABLE, "draining", "DRAINING")).code).toBe(
+      status.UNAVAILABLE,
+    );
   });
 });

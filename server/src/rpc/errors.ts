@@ -1,4 +1,4 @@
-import { Metadata, status, type StatusObject } from "@grpc/grpc-js";
+import { Metadata, type StatusObject, status } from "@grpc/grpc-js";
 import { EngineError, type EngineErrorCode } from "@vdisk/engine";
 import { ErrorInfo } from "../gen/google/rpc/error_details.js";
 import { Status as RpcStatus } from "../gen/google/rpc/status.js";
@@ -45,7 +45,9 @@ export class RpcError extends Error {
 }
 
 export function unimplemented(rpc: string, missing: string): RpcError {
-  return new RpcError(status.UNIMPLEMENTED, `${rpc} is not implemented yet (${missing})`, "NOT_IMPLEMENTED", { rpc });
+  return new RpcError(status.UNIMPLEMENTED, `${rpc} is not implemented yet (${missing})`, "NOT_IMPLEMENTED", {
+    rpc,
+  });
 }
 
 export interface WireError {
@@ -59,25 +61,43 @@ export interface WireError {
 
 /** Classifies anything thrown into what may be sent to a client. */
 export function toWireError(err: unknown): WireError {
-  if (err instanceof RpcError) return { code: err.code, message: err.message, reason: err.reason, metadata: err.metadata, hidden: false };
+  if (err instanceof RpcError)
+    return {
+      code: err.code,
+      message: err.message,
+      reason: err.reason,
+      metadata: err.metadata,
+      hidden: false,
+    };
   const e = EngineError.from(err);
   const code = ENGINE_CODE_TO_STATUS[e.code] ?? status.INTERNAL;
   // INTERNAL means a bug (or an unclassified failure): its text may carry paths or internals, so it stays in the log.
-  if (e.code === "INTERNAL") return { code, message: INTERNAL_MESSAGE, reason: "INTERNAL", metadata: {}, hidden: true };
+  if (e.code === "INTERNAL")
+    return { code, message: INTERNAL_MESSAGE, reason: "INTERNAL", metadata: {}, hidden: true };
   return { code, message: e.message, reason: e.reason, metadata: e.metadata, hidden: false };
 }
 
 /** google.rpc.Status with one ErrorInfo detail: the rich form of an error, for trailers and for job records. */
 export function toRpcStatus(wire: Pick<WireError, "code" | "message" | "reason" | "metadata">): RpcStatus {
-  const info = ErrorInfo.encode({ reason: wire.reason, domain: ERROR_DOMAIN, metadata: wire.metadata }).finish();
-  return { code: wire.code, message: wire.message, details: [{ typeUrl: ERROR_INFO_TYPE_URL, value: Buffer.from(info) }] };
+  const info = ErrorInfo.encode({
+    reason: wire.reason,
+    domain: ERROR_DOMAIN,
+    metadata: wire.metadata,
+  }).finish();
+  return {
+    code: wire.code,
+    message: wire.message,
+    details: [{ typeUrl: ERROR_INFO_TYPE_URL, value: Buffer.from(info) }],
+  };
 }
 
 /**
  * The grpc-js status object for a failed call: code, message, and the google.rpc.Status in the
  * `grpc-status-details-bin` trailer, which Connect, grpc-go and grpcio clients decode into typed details.
  */
-export function toGrpcStatus(err: unknown): Partial<StatusObject> & { code: status; details: string; metadata: Metadata } {
+export function toGrpcStatus(
+  err: unknown,
+): Partial<StatusObject> & { code: status; details: string; metadata: Metadata } {
   const wire = toWireError(err);
   const metadata = new Metadata();
   metadata.set("grpc-status-details-bin", Buffer.from(RpcStatus.encode(toRpcStatus(wire)).finish()));

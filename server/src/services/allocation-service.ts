@@ -1,9 +1,16 @@
 import type { Server } from "@grpc/grpc-js";
-import { addToSummary, discardAt, EngineError, mapExtents, writeZeroesAt, type AllocationSummary, type BlockImage } from "@vdisk/engine";
-import type { Extent } from "../gen/vdisk/v1/allocation_types.js";
 import {
-  AllocationServiceService,
+  type AllocationSummary,
+  addToSummary,
+  type BlockImage,
+  discardAt,
+  EngineError,
+  mapExtents,
+  writeZeroesAt,
+} from "@vdisk/engine";
+import {
   type AllocationServiceServer,
+  AllocationServiceService,
   type DiscardRequest,
   type DiscardResponse,
   type GetAllocationMapRequest,
@@ -11,6 +18,7 @@ import {
   type WriteZeroesRequest,
   type WriteZeroesResponse,
 } from "../gen/vdisk/v1/allocation.js";
+import type { Extent } from "../gen/vdisk/v1/allocation_types.js";
 import { type CallContext, failingStream, serverStream, unary } from "../rpc/adapt.js";
 import { toBigint } from "../rpc/convert.js";
 import { unimplemented } from "../rpc/errors.js";
@@ -26,32 +34,56 @@ export class AllocationService {
   addToServer(server: Pick<Server, "addService">): void {
     const env = this.ctx.adapter;
     const impl: AllocationServiceServer = {
-      getAllocationMap: serverStream(env, "GetAllocationMap", (req: GetAllocationMapRequest, call) => this.getAllocationMap(req, call)),
-      allocateRange: serverStream(env, "AllocateRange", () => failingStream(unimplemented("AllocateRange", "issue 4: jobs beyond create"))),
-      flattenVolume: serverStream(env, "FlattenVolume", () => failingStream(unimplemented("FlattenVolume", "needs the qcow2 driver and copy jobs"))),
+      getAllocationMap: serverStream(env, "GetAllocationMap", (req: GetAllocationMapRequest, call) =>
+        this.getAllocationMap(req, call),
+      ),
+      allocateRange: serverStream(env, "AllocateRange", () =>
+        failingStream(unimplemented("AllocateRange", "issue 4: jobs beyond create")),
+      ),
+      flattenVolume: serverStream(env, "FlattenVolume", () =>
+        failingStream(unimplemented("FlattenVolume", "needs the qcow2 driver and copy jobs")),
+      ),
       writeZeroes: unary(env, "WriteZeroes", (req: WriteZeroesRequest, call) => this.writeZeroes(req, call)),
       discard: unary(env, "Discard", (req: DiscardRequest, call) => this.discard(req, call)),
     };
     server.addService(AllocationServiceService, impl);
   }
 
-  async *getAllocationMap(req: GetAllocationMapRequest, call: CallContext): AsyncGenerator<GetAllocationMapResponse> {
+  async *getAllocationMap(
+    req: GetAllocationMapRequest,
+    call: CallContext,
+  ): AsyncGenerator<GetAllocationMapResponse> {
     const volume = requireReadyVolume(this.ctx.catalog, req.name);
-    const perMessage = req.maxExtentsPerMessage === 0 ? DEFAULT_EXTENTS_PER_MESSAGE : req.maxExtentsPerMessage;
+    const perMessage =
+      req.maxExtentsPerMessage === 0 ? DEFAULT_EXTENTS_PER_MESSAGE : req.maxExtentsPerMessage;
     if (perMessage > MAX_EXTENTS_PER_MESSAGE) {
-      throw new EngineError("INVALID_ARGUMENT", `max_extents_per_message must be at most ${MAX_EXTENTS_PER_MESSAGE}`, {
-        reason: "INVALID_PAGE_SIZE",
-        metadata: { field: "max_extents_per_message" },
-      });
+      throw new EngineError(
+        "INVALID_ARGUMENT",
+        `max_extents_per_message must be at most ${MAX_EXTENTS_PER_MESSAGE}`,
+        {
+          reason: "INVALID_PAGE_SIZE",
+          metadata: { field: "max_extents_per_message" },
+        },
+      );
     }
     const release = this.ctx.leases.acquire(volume.uid);
     try {
       const image = await this.ctx.images.get(volume);
       const base = req.baseVolume === "" ? undefined : await this.baseImage(req.baseVolume);
       const { start, end } = resolveRange(image, req.offset, req.length, false);
-      const summary: AllocationSummary = { dataBytes: 0, zeroBytes: 0, unallocatedBytes: 0, allocatedInTopBytes: 0 };
+      const summary: AllocationSummary = {
+        dataBytes: 0,
+        zeroBytes: 0,
+        unallocatedBytes: 0,
+        allocatedInTopBytes: 0,
+      };
       let batch: Extent[] = [];
-      for await (const extent of mapExtents(image, { start, length: end - start, signal: call.signal, ...(base === undefined ? {} : { base }) })) {
+      for await (const extent of mapExtents(image, {
+        start,
+        length: end - start,
+        signal: call.signal,
+        ...(base === undefined ? {} : { base }),
+      })) {
         addToSummary(summary, extent);
         batch.push({
           offset: toBigint(extent.start),
@@ -89,12 +121,16 @@ export class AllocationService {
   }
 
   async writeZeroes(req: WriteZeroesRequest, call: CallContext): Promise<WriteZeroesResponse> {
-    await this.onRange(req, async (image, start, end) => writeZeroesAt(image, start, end - start, { mayUnmap: req.mayUnmap, signal: call.signal }));
+    await this.onRange(req, async (image, start, end) =>
+      writeZeroesAt(image, start, end - start, { mayUnmap: req.mayUnmap, signal: call.signal }),
+    );
     return {};
   }
 
   async discard(req: DiscardRequest, call: CallContext): Promise<DiscardResponse> {
-    await this.onRange(req, async (image, start, end) => discardAt(image, start, end - start, { signal: call.signal }));
+    await this.onRange(req, async (image, start, end) =>
+      discardAt(image, start, end - start, { signal: call.signal }),
+    );
     return {};
   }
 

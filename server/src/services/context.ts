@@ -48,7 +48,10 @@ export function requireVolume(catalog: Catalog, name: string, field = "name"): V
   validateVolumeName(name, field);
   const volume = catalog.getVolume(name);
   if (volume === undefined) {
-    throw new EngineError("NOT_FOUND", `volume "${name}" not found`, { reason: "VOLUME_NOT_FOUND", metadata: { volume: name } });
+    throw new EngineError("NOT_FOUND", `volume "${name}" not found`, {
+      reason: "VOLUME_NOT_FOUND",
+      metadata: { volume: name },
+    });
   }
   return volume;
 }

@@ -1,8 +1,17 @@
 import type { Server } from "@grpc/grpc-js";
-import { EngineError, flushImage, mapExtents, readAt, writeAt, writeZeroesAt, type BlockImage, type ZeroDetection } from "@vdisk/engine";
 import {
-  DataServiceService,
+  type BlockImage,
+  EngineError,
+  flushImage,
+  mapExtents,
+  readAt,
+  writeAt,
+  writeZeroesAt,
+  type ZeroDetection,
+} from "@vdisk/engine";
+import {
   type DataServiceServer,
+  DataServiceService,
   type ReadVolumeRequest,
   type ReadVolumeResponse,
   type WriteVolumeRequest,
@@ -23,8 +32,12 @@ export class DataService {
   addToServer(server: Pick<Server, "addService">): void {
     const env = this.ctx.adapter;
     const impl: DataServiceServer = {
-      readVolume: serverStream(env, "ReadVolume", (req: ReadVolumeRequest, call) => this.readVolume(req, call)),
-      writeVolume: clientStream(env, "WriteVolume", (reqs: AsyncIterable<WriteVolumeRequest>, call) => this.writeVolume(reqs, call)),
+      readVolume: serverStream(env, "ReadVolume", (req: ReadVolumeRequest, call) =>
+        this.readVolume(req, call),
+      ),
+      writeVolume: clientStream(env, "WriteVolume", (reqs: AsyncIterable<WriteVolumeRequest>, call) =>
+        this.writeVolume(reqs, call),
+      ),
     };
     server.addService(DataServiceService, impl);
   }
@@ -32,7 +45,10 @@ export class DataService {
   async *readVolume(req: ReadVolumeRequest, call: CallContext): AsyncGenerator<ReadVolumeResponse> {
     const volume = requireReadyVolume(this.ctx.catalog, req.name);
     if (req.chunkSize > MAX_CHUNK) {
-      throw new EngineError("INVALID_ARGUMENT", `chunk_size must be at most ${MAX_CHUNK}`, { reason: "INVALID_CHUNK_SIZE", metadata: { field: "chunk_size" } });
+      throw new EngineError("INVALID_ARGUMENT", `chunk_size must be at most ${MAX_CHUNK}`, {
+        reason: "INVALID_CHUNK_SIZE",
+        metadata: { field: "chunk_size" },
+      });
     }
     const chunk = req.chunkSize === 0 ? DEFAULT_CHUNK : req.chunkSize;
     const release = this.ctx.leases.acquire(volume.uid);
@@ -46,7 +62,12 @@ export class DataService {
       }
       for await (const extent of mapExtents(image, { start, length: end - start, ...opts })) {
         if (extent.zero) {
-          yield { payload: { $case: "zero", zero: { offset: toBigint(extent.start), length: toBigint(extent.length) } } };
+          yield {
+            payload: {
+              $case: "zero",
+              zero: { offset: toBigint(extent.start), length: toBigint(extent.length) },
+            },
+          };
         } else {
           yield* readChunks(image, extent.start, extent.start + extent.length, chunk, call.signal);
         }
@@ -56,7 +77,10 @@ export class DataService {
     }
   }
 
-  async writeVolume(requests: AsyncIterable<WriteVolumeRequest>, call: CallContext): Promise<WriteVolumeResponse> {
+  async writeVolume(
+    requests: AsyncIterable<WriteVolumeRequest>,
+    call: CallContext,
+  ): Promise<WriteVolumeResponse> {
     let image: BlockImage | undefined;
     let release: (() => void) | undefined;
     let detection: ZeroDetection = "off";
@@ -64,7 +88,10 @@ export class DataService {
     let zeroed = 0;
     let flushed = 0;
     const opened = (): BlockImage => {
-      if (image === undefined) throw new EngineError("INVALID_ARGUMENT", "the first message of WriteVolume must be `open`", { reason: "STREAM_NOT_OPENED" });
+      if (image === undefined)
+        throw new EngineError("INVALID_ARGUMENT", "the first message of WriteVolume must be `open`", {
+          reason: "STREAM_NOT_OPENED",
+        });
       return image;
     };
     try {
@@ -72,7 +99,10 @@ export class DataService {
         const payload = message.payload;
         switch (payload?.$case) {
           case "open": {
-            if (image !== undefined) throw new EngineError("INVALID_ARGUMENT", "`open` may only be the first message", { reason: "STREAM_ALREADY_OPEN" });
+            if (image !== undefined)
+              throw new EngineError("INVALID_ARGUMENT", "`open` may only be the first message", {
+                reason: "STREAM_ALREADY_OPEN",
+              });
             detection = zeroDetectionFromWire(payload.open.zeroDetection);
             const volume = requireReadyVolume(this.ctx.catalog, payload.open.name);
             release = this.ctx.leases.acquire(volume.uid);
@@ -90,7 +120,10 @@ export class DataService {
             const img = opened();
             const offset = toNumber(payload.zero.offset, "zero.offset");
             const length = toNumber(payload.zero.length, "zero.length");
-            await writeZeroesAt(img, offset, length, { mayUnmap: detection === "unmap", signal: call.signal });
+            await writeZeroesAt(img, offset, length, {
+              mayUnmap: detection === "unmap",
+              signal: call.signal,
+            });
             zeroed += length;
             break;
           }
@@ -99,24 +132,41 @@ export class DataService {
             flushed = written + zeroed;
             break;
           default:
-            throw new EngineError("INVALID_ARGUMENT", "empty WriteVolume message", { reason: "EMPTY_MESSAGE" });
+            throw new EngineError("INVALID_ARGUMENT", "empty WriteVolume message", {
+              reason: "EMPTY_MESSAGE",
+            });
         }
       }
       const img = opened();
       // The end of the stream is a durability point: the response promises what it reports as flushed.
       await flushImage(img, { signal: call.signal });
       flushed = written + zeroed;
-      return { writtenBytes: toBigint(written), zeroedBytes: toBigint(zeroed), flushedBytes: toBigint(flushed) };
+      return {
+        writtenBytes: toBigint(written),
+        zeroedBytes: toBigint(zeroed),
+        flushedBytes: toBigint(flushed),
+      };
     } finally {
       release?.();
     }
   }
 }
 
-async function* readChunks(image: BlockImage, start: number, end: number, chunk: number, signal: AbortSignal): AsyncGenerator<ReadVolumeResponse> {
+async function* readChunks(
+  image: BlockImage,
+  start: number,
+  end: number,
+  chunk: number,
+  signal: AbortSignal,
+): AsyncGenerator<ReadVolumeResponse> {
   for (let pos = start; pos < end; pos += chunk) {
     const length = Math.min(chunk, end - pos);
     const bytes = await readAt(image, pos, length, { signal });
-    yield { payload: { $case: "chunk", chunk: { offset: toBigint(pos), data: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength) } } };
+    yield {
+      payload: {
+        $case: "chunk",
+        chunk: { offset: toBigint(pos), data: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength) },
+      },
+    };
   }
 }

@@ -41,7 +41,10 @@ export class JobService {
   }
 
   listJobs(req: ListJobsRequest): ListJobsResponse {
-    if (req.pageSize < 0) throw new EngineError("INVALID_ARGUMENT", "page_size must not be negative", { reason: "INVALID_PAGE_SIZE" });
+    if (req.pageSize < 0)
+      throw new EngineError("INVALID_ARGUMENT", "page_size must not be negative", {
+        reason: "INVALID_PAGE_SIZE",
+      });
     const pageSize = Math.min(req.pageSize === 0 ? DEFAULT_PAGE_SIZE : req.pageSize, MAX_PAGE_SIZE);
     const states = req.states.map((s) => jobStateFromWire(s)).filter((s): s is JobState => s !== undefined);
     const kind = req.kind === JobKind.JOB_KIND_UNSPECIFIED ? undefined : jobKindFromWire(req.kind);
@@ -57,13 +60,17 @@ export class JobService {
     const last = page[page.length - 1];
     return {
       jobs: page.map(jobMessage),
-      nextPageToken: rows.length > pageSize && last !== undefined ? Buffer.from(JSON.stringify([last.createTime, last.id])).toString("base64url") : "",
+      nextPageToken:
+        rows.length > pageSize && last !== undefined
+          ? Buffer.from(JSON.stringify([last.createTime, last.id])).toString("base64url")
+          : "",
     };
   }
 
   async *watchJob(req: WatchJobRequest, call: CallContext): AsyncGenerator<JobEvent> {
     this.require(req.id);
-    for await (const snapshot of this.ctx.jobs.watch(req.id, call.signal)) yield await jobEvent(this.ctx, snapshot, call.signal);
+    for await (const snapshot of this.ctx.jobs.watch(req.id, call.signal))
+      yield await jobEvent(this.ctx, snapshot, call.signal);
   }
 
   cancelJob(req: CancelJobRequest): CancelJobResponse {
@@ -72,9 +79,14 @@ export class JobService {
   }
 
   private require(id: string): JobRecord {
-    if (id === "" || id.length > 128) throw new EngineError("INVALID_ARGUMENT", "id must be a job id", { reason: "INVALID_JOB_ID" });
+    if (id === "" || id.length > 128)
+      throw new EngineError("INVALID_ARGUMENT", "id must be a job id", { reason: "INVALID_JOB_ID" });
     const job = this.ctx.jobs.get(id);
-    if (job === undefined) throw new EngineError("NOT_FOUND", `job "${id}" not found`, { reason: "JOB_NOT_FOUND", metadata: { job: id } });
+    if (job === undefined)
+      throw new EngineError("NOT_FOUND", `job "${id}" not found`, {
+        reason: "JOB_NOT_FOUND",
+        metadata: { job: id },
+      });
     return job;
   }
 }
@@ -86,5 +98,7 @@ function decodeToken(token: string): { createTime: number; id: string } {
   } catch {
     // fall through
   }
-  throw new EngineError("INVALID_ARGUMENT", "page_token is not a token this server issued", { reason: "INVALID_PAGE_TOKEN" });
+  throw new EngineError("INVALID_ARGUMENT", "page_token is not a token this server issued", {
+    reason: "INVALID_PAGE_TOKEN",
+  });
 }

@@ -1,24 +1,33 @@
-import { allocationSummary } from "@vdisk/engine";
+import { type BlockImage, EngineError, type FormatName, mapExtents } from "@vdisk/engine";
 import type { JobRecord, VolumeRecord } from "../catalog/catalog.js";
 import type { Job, JobEvent } from "../gen/vdisk/v1/job.js";
 import type { Volume } from "../gen/vdisk/v1/volume_types.js";
-import { formatToWire, jobKindToWire, jobStateToWire, preallocToWire, toBigint, volumeStateToWire } from "../rpc/convert.js";
+import {
+  formatToWire,
+  jobKindToWire,
+  jobStateToWire,
+  preallocToWire,
+  toBigint,
+  volumeStateToWire,
+} from "../rpc/convert.js";
 import { toRpcStatus, toWireError } from "../rpc/errors.js";
-import { EngineError } from "@vdisk/engine";
 import type { ServiceContext } from "./context.js";
 
 /**
  * The Volume message. Allocation and physical bytes come from the open image (a READY volume only):
  * allocation = what the volume's own layer determines (data + allocated zeros), physical = st_blocks × 512.
  */
-export async function volumeMessage(ctx: ServiceContext, v: VolumeRecord, signal?: AbortSignal): Promise<Volume> {
+export async function volumeMessage(
+  ctx: ServiceContext,
+  v: VolumeRecord,
+  signal?: AbortSignal,
+): Promise<Volume> {
   let allocation = 0;
   let physical = 0;
   let chainDepth = 0;
   if (v.state === "READY") {
     const image = await ctx.images.get(v);
-    const summary = await allocationSummary(image, signal === undefined ? {} : { signal });
-    allocation = summary.allocatedInTopBytes;
+    allocation = await ownAllocation(image, v.format, signal);
     physical = await image.physicalBytes();
     for (let b = image.backing; b !== undefined; b = b.backing) chainDepth++;
   }
@@ -64,7 +73,12 @@ export function jobMessage(job: JobRecord): Job {
     startTime: job.startTime === undefined ? undefined : new Date(job.startTime),
     endTime: job.endTime === undefined ? undefined : new Date(job.endTime),
     requestId: job.requestId ?? "",
-    error: job.error === undefined ? undefined : toRpcStatus({ ...toWireError(new EngineError(job.error.code, job.error.message, { reason: job.error.reason })) }),
+    error:
+      job.error === undefined
+        ? undefined
+        : toRpcStatus({
+            ...toWireError(new EngineError(job.error.code, job.error.message, { reason: job.error.reason })),
+          }),
     result: undefined,
     cancelRequested: job.cancelRequested,
   };
@@ -75,7 +89,29 @@ export async function jobEvent(ctx: ServiceContext, job: JobRecord, signal?: Abo
   const message = jobMessage(job);
   if (job.state === "SUCCEEDED") {
     const volume = ctx.catalog.getVolume(job.volume);
-    if (volume !== undefined) message.result = { result: { $case: "volume", volume: await volumeMessage(ctx, volume, signal) }, allocate: undefined };
+    if (volume !== undefined)
+      message.result = {
+        result: { $case: "volume", volume: await volumeMessage(ctx, volume, signal) },
+        allocate: undefined,
+      };
   }
   return { job: message };
+}
+
+/**
+ * Guest bytes the volume's own layer stores: data, plus zero runs that keep host space (qcow2 allocated
+ * zero clusters, which carry a host offset). A raw hole also reads as zero at a linear offset but holds no
+ * space, so for raw only data counts — fallocated ranges are reported as data by SEEK_DATA and do count.
+ */
+async function ownAllocation(
+  image: BlockImage,
+  format: FormatName,
+  signal: AbortSignal | undefined,
+): Promise<number> {
+  let bytes = 0;
+  for await (const e of mapExtents(image, signal === undefined ? {} : { signal })) {
+    if (e.depth !== 0 || !e.present) continue;
+    if (e.data || (format !== "raw" && e.zero && e.offset !== undefined)) bytes += e.length;
+  }
+  return bytes;
 }

@@ -37,7 +37,8 @@ export class ImageRegistry {
   async get(volume: VolumeRecord, depth = 0): Promise<BlockImage> {
     const existing = this.open.get(volume.uid);
     if (existing !== undefined) return existing;
-    if (depth > 64) throw new EngineError("FAILED_PRECONDITION", "backing chain is too deep", { reason: "CHAIN_TOO_DEEP" });
+    if (depth > 64)
+      throw new EngineError("FAILED_PRECONDITION", "backing chain is too deep", { reason: "CHAIN_TOO_DEEP" });
     const opening = this.openImage(volume, depth);
     this.open.set(volume.uid, opening);
     opening.catch(() => this.open.delete(volume.uid));
@@ -50,13 +51,19 @@ export class ImageRegistry {
     if (volume.backingVolume !== undefined) {
       const base = this.catalog.getVolume(volume.backingVolume);
       if (base === undefined) {
-        throw new EngineError("FAILED_PRECONDITION", `backing volume "${volume.backingVolume}" of "${volume.name}" is missing`, {
-          reason: "BACKING_MISSING",
-        });
+        throw new EngineError(
+          "FAILED_PRECONDITION",
+          `backing volume "${volume.backingVolume}" of "${volume.name}" is missing`,
+          {
+            reason: "BACKING_MISSING",
+          },
+        );
       }
       backing = await this.get(base, depth + 1);
     }
-    const file = await this.deps.openHostFile(this.pool.volumePath(volume.name, volume.format), { readOnly: false });
+    const file = await this.deps.openHostFile(this.pool.volumePath(volume.name, volume.format), {
+      readOnly: false,
+    });
     try {
       return await driver.open(file, { readOnly: false, ...(backing === undefined ? {} : { backing }) });
     } catch (err) {
@@ -76,7 +83,9 @@ export class ImageRegistry {
 
   /** Closes every open image, overlays before the images they read through. */
   async closeAll(): Promise<void> {
-    const images = (await Promise.all([...this.open.values()].map((p) => p.catch(() => undefined)))).filter((i) => i !== undefined);
+    const images = (await Promise.all([...this.open.values()].map((p) => p.catch(() => undefined)))).filter(
+      (i) => i !== undefined,
+    );
     this.open.clear();
     const backings = new Set(images.map((i) => i.backing).filter((b) => b !== undefined));
     const ordered = [...images.filter((i) => !backings.has(i)), ...images.filter((i) => backings.has(i))];
