@@ -361,6 +361,7 @@ export class VdiskClient {
   private readonly reattach: RetryPolicy;
   private readonly timeoutMs: number | undefined;
   private readonly closeTransport: () => void;
+  private closed = false;
 
   /** @internal Use {@link createVdiskClient}. */
   constructor(options: VdiskClientOptions) {
@@ -391,8 +392,9 @@ export class VdiskClient {
     this.timeoutMs = options.timeoutMs;
   }
 
-  /** Closes the connection (open calls fail). */
+  /** Closes the connection: open calls fail and job handles stop following their jobs (the jobs keep running). */
   close(): void {
+    this.closed = true;
     this.closeTransport();
   }
 
@@ -422,6 +424,7 @@ export class VdiskClient {
       result,
       reattach: this.reattach,
       signal: options?.signal,
+      closed: () => this.closed,
     };
     return new JobHandle(source);
   }

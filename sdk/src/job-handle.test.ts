@@ -264,6 +264,36 @@ describe("JobHandle", () => {
     await expect(collect(handle)).rejects.toMatchObject({ code: "not_found" });
   });
 
+  it("does not re-attach once the client is closed", async () => {
+    let breakStream: () => void = () => {};
+    const broken = new Promise<void>((resolve) => {
+      breakStream = resolve;
+    });
+    let watches = 0;
+    const transport = createRouterTransport(({ service }) => {
+      service(VolumeService, {
+        async *createVolume() {
+          yield running("job-11", 1);
+          await broken;
+          throw new ConnectError("connection closed", Code.Unavailable);
+        },
+      });
+      service(JobService, {
+        async *watchJob(req) {
+          watches++;
+          yield succeeded(req.id);
+        },
+      });
+    });
+    const client = createVdiskClient({ transport, reattach: FAST_REATTACH });
+    const handle = client.createVolume({ name: "d", format: "raw", capacityBytes: 1 });
+    await handle.jobId;
+    client.close();
+    breakStream();
+    await expect(handle.result).rejects.toMatchObject({ code: "canceled", message: "the client was closed" });
+    expect(watches).toBe(0);
+  });
+
   it("watchJob attaches to an existing job and returns its generic result", async () => {
     const transport = createRouterTransport(({ service }) => {
       service(JobService, {

@@ -20,6 +20,8 @@ export interface JobHandleSource<T> {
   reattach: RetryPolicy;
   /** Aborting it cancels the job (CancelJob), not just the stream. */
   signal?: AbortSignal | undefined;
+  /** True once the client was closed: a broken stream is then final, not re-attached. */
+  closed(): boolean;
 }
 
 // Codes that say the stream broke rather than that the job or request is wrong: worth re-attaching.
@@ -205,13 +207,15 @@ export class JobHandle<T> implements AsyncIterable<JobSnapshot> {
           throw new VdiskError("job stream ended before the job finished", { status: Code.Unavailable });
         } catch (err) {
           if (this.finished) return;
-          const error = VdiskError.from(err);
+          const error = this.source.closed()
+            ? new VdiskError("the client was closed", { status: Code.Canceled, cause: err })
+            : VdiskError.from(err);
           // Before the id is known only UNAVAILABLE is safe to retry: the same request id makes the server
           // return the job it may already have started instead of starting a second one.
           const resumable =
             this.knownId === undefined ? error.status === Code.Unavailable : TRANSIENT.has(error.status);
           failures = progressed ? 1 : failures + 1;
-          if (!resumable || failures >= this.source.reattach.maxAttempts) {
+          if (!resumable || this.source.closed() || failures >= this.source.reattach.maxAttempts) {
             this.abandon(error);
             return;
           }
