@@ -191,6 +191,24 @@ describe("file helpers", () => {
     ]);
   });
 
+  it("uploadFile of a missing file fails with the fs error before any call", async () => {
+    let calls = 0;
+    const transport = createRouterTransport(({ service }) => {
+      service(DataService, {
+        async writeVolume() {
+          calls++;
+          return {};
+        },
+      });
+    });
+    await expect(
+      createVdiskClient({ transport }).uploadFile("disk1", join(dir, "absent.img")),
+    ).rejects.toMatchObject({
+      code: "ENOENT",
+    });
+    expect(calls).toBe(0);
+  });
+
   it("downloadFile writes a sparse file: zero runs become holes", async () => {
     const path = join(dir, "download.img");
     const size = 64 * MiB;

@@ -1,5 +1,5 @@
 import { createReadStream } from "node:fs";
-import { open } from "node:fs/promises";
+import { type FileHandle, open } from "node:fs/promises";
 import type { ExportOptions, ImportSpec, VdiskClient } from "./client.js";
 import type { VolumeFormatName, ZeroDetectionName } from "./enums.js";
 import { KiB, MiB } from "./sizes.js";
@@ -82,56 +82,57 @@ export function* splitZeroRuns(buffer: Buffer, offset: number): Generator<DataPi
   }
 }
 
-/** Reads a local file as write pieces (zero runs merged across reads), ending with a flush. @internal */
+/** Reads an open local file as write pieces (zero runs merged across reads), ending with a flush. The caller closes the file. @internal */
 export async function* filePieces(
-  path: string,
+  file: FileHandle,
   baseOffset: number,
   sparse: boolean,
 ): AsyncGenerator<WritePiece> {
-  const file = await open(path, "r");
-  try {
-    let pendingZero: ZeroPiece | undefined;
-    for (let position = 0; ; ) {
-      // A fresh buffer per read: the pieces yielded from it are still being sent while we read the next one.
-      const buffer = Buffer.allocUnsafe(READ_SIZE);
-      const { bytesRead } = await file.read(buffer, 0, READ_SIZE, position);
-      if (bytesRead === 0) break;
-      const chunk = buffer.subarray(0, bytesRead);
-      const pieces: Iterable<DataPiece | ZeroPiece> = sparse
-        ? splitZeroRuns(chunk, baseOffset + position)
-        : [{ offset: baseOffset + position, data: chunk }];
-      for (const piece of pieces) {
-        if ("zero" in piece) {
-          if (pendingZero) pendingZero.length += piece.length;
-          else pendingZero = { ...piece };
-          continue;
-        }
-        if (pendingZero) {
-          yield pendingZero;
-          pendingZero = undefined;
-        }
-        yield piece;
+  let pendingZero: ZeroPiece | undefined;
+  for (let position = 0; ; ) {
+    // A fresh buffer per read: the pieces yielded from it are still being sent while we read the next one.
+    const buffer = Buffer.allocUnsafe(READ_SIZE);
+    const { bytesRead } = await file.read(buffer, 0, READ_SIZE, position);
+    if (bytesRead === 0) break;
+    const chunk = buffer.subarray(0, bytesRead);
+    const pieces: Iterable<DataPiece | ZeroPiece> = sparse
+      ? splitZeroRuns(chunk, baseOffset + position)
+      : [{ offset: baseOffset + position, data: chunk }];
+    for (const piece of pieces) {
+      if ("zero" in piece) {
+        if (pendingZero) pendingZero.length += piece.length;
+        else pendingZero = { ...piece };
+        continue;
       }
-      position += bytesRead;
+      if (pendingZero) {
+        yield pendingZero;
+        pendingZero = undefined;
+      }
+      yield piece;
     }
-    if (pendingZero) yield pendingZero;
-    yield { flush: true };
-  } finally {
-    await file.close();
+    position += bytesRead;
   }
+  if (pendingZero) yield pendingZero;
+  yield { flush: true };
 }
 
 /** Writes a local file into an existing volume; all-zero blocks travel as zero runs. @internal */
-export function uploadFile(
+export async function uploadFile(
   client: VdiskClient,
   volume: string,
   path: string,
   options?: UploadOptions,
 ): Promise<WriteResult> {
-  return client.writeVolume(volume, filePieces(path, options?.offset ?? 0, options?.sparse ?? true), {
-    ...(options?.zeroDetection === undefined ? {} : { zeroDetection: options.zeroDetection }),
-    ...(options?.signal === undefined ? {} : { signal: options.signal }),
-  });
+  // Opened here, not inside the stream, so a missing or unreadable file fails with its own fs error.
+  const file = await open(path, "r");
+  try {
+    return await client.writeVolume(volume, filePieces(file, options?.offset ?? 0, options?.sparse ?? true), {
+      ...(options?.zeroDetection === undefined ? {} : { zeroDetection: options.zeroDetection }),
+      ...(options?.signal === undefined ? {} : { signal: options.signal }),
+    });
+  } finally {
+    await file.close();
+  }
 }
 
 /** Writes pieces into a fresh local file; zero runs stay holes, and the file is sized to `minLength` at least. */

@@ -89,6 +89,7 @@ export class AllocationMapStream implements AsyncIterable<Extent> {
     return { extents, summary: await this.summary };
   }
 
+  /** Yields the extents in ascending order; a stream can be iterated once. */
   async *[Symbol.asyncIterator](): AsyncIterator<Extent> {
     if (this.started) throw new TypeError("an allocation map stream can be iterated only once");
     this.started = true;
