@@ -1,0 +1,113 @@
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { EngineError } from "@vdisk/engine";
+import { afterEach, describe, expect, it } from "vitest";
+import { SqliteCatalog } from "./sqlite-catalog.js";
+import { jobRecord, volumeRecord } from "./test-records.js";
+
+const dirs: string[] = [];
+afterEach(() => {
+  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
+});
+
+describe("SqliteCatalog", () => {
+  it("creates the file in WAL mode with a versioned schema, and reopens it", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vdisk-cat-"));
+    dirs.push(dir);
+    const file = path.join(dir, ".vdisk", "catalog.db");
+    const a = SqliteCatalog.open(file);
+    expect(a.schemaVersion()).toBe(1);
+    a.insertVolume(volumeRecord("keep", { labels: { env: "prod" } }));
+    a.close();
+    expect(fs.existsSync(`${file}-wal`) || fs.existsSync(file)).toBe(true);
+    const b = SqliteCatalog.open(file);
+    expect(b.schemaVersion()).toBe(1);
+    expect(b.getVolume("keep")?.labels).toEqual({ env: "prod" });
+    b.close();
+  });
+
+  it("does volume CRUD", () => {
+    const c = SqliteCatalog.open(":memory:");
+    const v = volumeRecord("a", {
+      options: { qcow2: { compat: "1.1" } },
+      backingVolume: "base",
+      requestId: "r1",
+    });
+    c.insertVolume(v);
+    expect(c.getVolume("a")).toEqual(v);
+    expect(() => c.insertVolume(volumeRecord("a", { uid: "other" }))).toThrow(EngineError);
+    try {
+      c.insertVolume(volumeRecord("a", { uid: "other" }));
+    } catch (err) {
+      expect((err as EngineError).code).toBe("ALREADY_EXISTS");
+    }
+    const updated = c.updateVolume("a", { state: "ERROR", errorMessage: "fsync failed", labels: { x: "1" } });
+    expect(updated).toMatchObject({ state: "ERROR", errorMessage: "fsync failed", labels: { x: "1" } });
+    expect(updated.updateTime).toBeGreaterThan(1000);
+    expect(c.dependantsOf("base")).toEqual(["a"]);
+    expect(() => c.updateVolume("nope", { state: "READY" })).toThrow(/not found/);
+    expect(c.deleteVolume("a")).toBe(true);
+    expect(c.deleteVolume("a")).toBe(false);
+    expect(c.getVolume("a")).toBeUndefined();
+    c.close();
+  });
+
+  it("pages volumes by name and filters by labels", () => {
+    const c = SqliteCatalog.open(":memory:");
+    for (const n of ["d", "a", "c", "b", "e"]) {
+      c.insertVolume(volumeRecord(n, { uid: n, labels: n < "c" ? { tier: "gold", n } : { tier: "silver" } }));
+    }
+    expect(c.listVolumes({ limit: 2 }).map((v) => v.name)).toEqual(["a", "b"]);
+    expect(c.listVolumes({ limit: 2, after: "b" }).map((v) => v.name)).toEqual(["c", "d"]);
+    expect(c.listVolumes({ limit: 10, labels: { tier: "gold" } }).map((v) => v.name)).toEqual(["a", "b"]);
+    expect(c.listVolumes({ limit: 10, labels: { tier: "gold", n: "b" } }).map((v) => v.name)).toEqual(["b"]);
+    expect(c.listVolumes({ limit: 10, labels: { tier: "bronze" } })).toEqual([]);
+    c.close();
+  });
+
+  it("does job CRUD, request ids and listing", () => {
+    const c = SqliteCatalog.open(":memory:");
+    c.insertJob(jobRecord("j1", { requestId: "req-1", createTime: 1 }));
+    c.insertJob(jobRecord("j2", { createTime: 2, state: "RUNNING" }));
+    c.insertJob(jobRecord("j3", { createTime: 3, volume: "w", kind: "CHECK_VOLUME" }));
+    expect(() => c.insertJob(jobRecord("j4", { requestId: "req-1" }))).toThrow(/already exists/);
+    expect(c.findJobByRequestId("req-1")?.id).toBe("j1");
+    expect(c.findJobByRequestId("req-x")).toBeUndefined();
+    expect(c.latestJob("v", "CREATE_VOLUME")?.id).toBe("j2");
+    expect(c.listJobs({ limit: 10 }).map((j) => j.id)).toEqual(["j3", "j2", "j1"]);
+    expect(c.listJobs({ limit: 10, states: ["RUNNING"] }).map((j) => j.id)).toEqual(["j2"]);
+    expect(c.listJobs({ limit: 10, volume: "w" }).map((j) => j.id)).toEqual(["j3"]);
+    expect(c.listJobs({ limit: 10, before: { createTime: 3, id: "j3" } }).map((j) => j.id)).toEqual([
+      "j2",
+      "j1",
+    ]);
+    const failed = c.updateJob("j2", {
+      state: "FAILED",
+      endTime: 9,
+      progress: { doneBytes: 50, totalBytes: 100, phase: "writing" },
+      error: { code: "NO_SPACE", message: "disk full", reason: "HOST_ENOSPC" },
+    });
+    expect(failed).toMatchObject({
+      state: "FAILED",
+      endTime: 9,
+      progress: { doneBytes: 50 },
+      error: { code: "NO_SPACE", reason: "HOST_ENOSPC" },
+    });
+    expect(c.updateJob("j2", { error: null }).error).toBeUndefined();
+    expect(() => c.updateJob("nope", { state: "FAILED" })).toThrow(/not found/);
+    c.close();
+  });
+
+  it("rolls back a failed transaction", () => {
+    const c = SqliteCatalog.open(":memory:");
+    expect(() =>
+      c.transaction(() => {
+        c.insertVolume(volumeRecord("t"));
+        throw new Error("boom");
+      }),
+    ).toThrow("boom");
+    expect(c.getVolume("t")).toBeUndefined();
+    c.close();
+  });
+});

@@ -1,0 +1,400 @@
+import fs from "node:fs";
+import path from "node:path";
+import { EngineError } from "@vdisk/engine";
+import Database from "libsql";
+import type {
+  Catalog,
+  JobKind,
+  JobPatch,
+  JobQuery,
+  JobRecord,
+  JobState,
+  VolumePatch,
+  VolumeQuery,
+  VolumeRecord,
+  VolumeState,
+} from "./catalog.js";
+
+/**
+ * Schema changes, applied in order and recorded in schema_migrations so an old catalog is upgraded in
+ * place. Append only: never edit a migration that has shipped.
+ */
+const MIGRATIONS: readonly string[] = [
+  `CREATE TABLE volumes (
+     name TEXT PRIMARY KEY,
+     uid TEXT NOT NULL UNIQUE,
+     format TEXT NOT NULL,
+     capacity INTEGER NOT NULL,
+     state TEXT NOT NULL,
+     backing_volume TEXT,
+     cluster_size INTEGER NOT NULL,
+     preallocation TEXT NOT NULL,
+     options TEXT NOT NULL,
+     labels TEXT NOT NULL,
+     create_time INTEGER NOT NULL,
+     update_time INTEGER NOT NULL,
+     spec_hash TEXT NOT NULL,
+     request_id TEXT,
+     error_message TEXT
+   ) STRICT;
+   CREATE INDEX volumes_backing ON volumes(backing_volume);
+   CREATE TABLE jobs (
+     id TEXT PRIMARY KEY,
+     kind TEXT NOT NULL,
+     volume TEXT NOT NULL,
+     state TEXT NOT NULL,
+     done_bytes INTEGER NOT NULL,
+     total_bytes INTEGER NOT NULL,
+     phase TEXT NOT NULL,
+     error_code TEXT,
+     error_message TEXT,
+     error_reason TEXT,
+     request_id TEXT UNIQUE,
+     cancel_requested INTEGER NOT NULL DEFAULT 0,
+     create_time INTEGER NOT NULL,
+     start_time INTEGER,
+     end_time INTEGER
+   ) STRICT;
+   CREATE INDEX jobs_volume ON jobs(volume, kind, create_time);
+   CREATE INDEX jobs_created ON jobs(create_time, id);`,
+];
+
+interface VolumeRow {
+  name: string;
+  uid: string;
+  format: string;
+  capacity: number;
+  state: string;
+  backing_volume: string | null;
+  cluster_size: number;
+  preallocation: string;
+  options: string;
+  labels: string;
+  create_time: number;
+  update_time: number;
+  spec_hash: string;
+  request_id: string | null;
+  error_message: string | null;
+}
+
+interface JobRow {
+  id: string;
+  kind: string;
+  volume: string;
+  state: string;
+  done_bytes: number;
+  total_bytes: number;
+  phase: string;
+  error_code: string | null;
+  error_message: string | null;
+  error_reason: string | null;
+  request_id: string | null;
+  cancel_requested: number;
+  create_time: number;
+  start_time: number | null;
+  end_time: number | null;
+}
+
+/** The embedded catalog: one SQLite file in WAL mode at POOL/.vdisk/catalog.db. */
+export class SqliteCatalog implements Catalog {
+  private readonly db: Database.Database;
+
+  private constructor(db: Database.Database) {
+    this.db = db;
+  }
+
+  /** Opens (creating if needed) the catalog file and brings its schema up to date. `":memory:"` for tests. */
+  static open(file: string): SqliteCatalog {
+    if (file !== ":memory:") fs.mkdirSync(path.dirname(file), { recursive: true });
+    const db = new Database(file);
+    // WAL: readers never block the writer, and a commit is one sequential append + fsync.
+    db.pragma("journal_mode = WAL");
+    // FULL: a committed job/volume state must survive power loss, since reconcile trusts it.
+    db.pragma("synchronous = FULL");
+    db.pragma("foreign_keys = ON");
+    db.pragma("busy_timeout = 5000");
+    const catalog = new SqliteCatalog(db);
+    catalog.migrate();
+    return catalog;
+  }
+
+  /** Applied schema version (number of migrations). */
+  schemaVersion(): number {
+    const row = this.db.prepare("SELECT MAX(version) AS v FROM schema_migrations").get() as {
+      v: number | null;
+    };
+    return row.v ?? 0;
+  }
+
+  private migrate(): void {
+    this.db.exec(
+      "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_time INTEGER NOT NULL)",
+    );
+    const current = this.schemaVersion();
+    if (current > MIGRATIONS.length) {
+      throw new EngineError(
+        "FAILED_PRECONDITION",
+        `catalog schema version ${current} is newer than this server understands (${MIGRATIONS.length}); upgrade the server`,
+        { reason: "CATALOG_TOO_NEW" },
+      );
+    }
+    for (let v = current + 1; v <= MIGRATIONS.length; v++) {
+      this.db.transaction(() => {
+        this.db.exec(MIGRATIONS[v - 1] as string);
+        this.db
+          .prepare("INSERT INTO schema_migrations (version, applied_time) VALUES (?, ?)")
+          .run(v, Date.now());
+      })();
+    }
+  }
+
+  insertVolume(v: VolumeRecord): void {
+    try {
+      this.db
+        .prepare(
+          `INSERT INTO volumes (name, uid, format, capacity, state, backing_volume, cluster_size, preallocation, options, labels,
+             create_time, update_time, spec_hash, request_id, error_message)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        )
+        .run(
+          v.name,
+          v.uid,
+          v.format,
+          v.capacity,
+          v.state,
+          v.backingVolume ?? null,
+          v.clusterSize,
+          v.preallocation,
+          JSON.stringify(v.options),
+          JSON.stringify(v.labels),
+          v.createTime,
+          v.updateTime,
+          v.specHash,
+          v.requestId ?? null,
+          v.errorMessage ?? null,
+        );
+    } catch (err) {
+      throw uniqueViolation(err, `volume "${v.name}" already exists`, "VOLUME_EXISTS");
+    }
+  }
+
+  getVolume(name: string): VolumeRecord | undefined {
+    const row = this.db.prepare("SELECT * FROM volumes WHERE name = ?").get(name) as VolumeRow | undefined;
+    return row === undefined ? undefined : toVolume(row);
+  }
+
+  listVolumes(q: VolumeQuery): VolumeRecord[] {
+    const where: string[] = [];
+    const params: unknown[] = [];
+    if (q.after !== undefined) {
+      where.push("name > ?");
+      params.push(q.after);
+    }
+    for (const [key, value] of Object.entries(q.labels ?? {})) {
+      where.push(
+        "EXISTS (SELECT 1 FROM json_each(volumes.labels) WHERE json_each.key = ? AND json_each.value = ?)",
+      );
+      params.push(key, value);
+    }
+    const sql = `SELECT * FROM volumes ${where.length > 0 ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY name LIMIT ?`;
+    params.push(q.limit);
+    return (this.db.prepare(sql).all(...params) as VolumeRow[]).map(toVolume);
+  }
+
+  updateVolume(name: string, patch: VolumePatch): VolumeRecord {
+    const sets: string[] = ["update_time = ?"];
+    const params: unknown[] = [Date.now()];
+    const assign = (column: string, value: unknown) => {
+      sets.push(`${column} = ?`);
+      params.push(value);
+    };
+    if (patch.state !== undefined) assign("state", patch.state);
+    if (patch.capacity !== undefined) assign("capacity", patch.capacity);
+    if (patch.labels !== undefined) assign("labels", JSON.stringify(patch.labels));
+    if (patch.errorMessage !== undefined) assign("error_message", patch.errorMessage);
+    params.push(name);
+    const result = this.db.prepare(`UPDATE volumes SET ${sets.join(", ")} WHERE name = ?`).run(...params);
+    if (result.changes === 0)
+      throw new EngineError("NOT_FOUND", `volume "${name}" not found`, { reason: "VOLUME_NOT_FOUND" });
+    return this.getVolume(name) as VolumeRecord;
+  }
+
+  deleteVolume(name: string): boolean {
+    return this.db.prepare("DELETE FROM volumes WHERE name = ?").run(name).changes > 0;
+  }
+
+  dependantsOf(name: string): string[] {
+    return (
+      this.db.prepare("SELECT name FROM volumes WHERE backing_volume = ? ORDER BY name").all(name) as {
+        name: string;
+      }[]
+    ).map((r) => r.name);
+  }
+
+  insertJob(j: JobRecord): void {
+    try {
+      this.db
+        .prepare(
+          `INSERT INTO jobs (id, kind, volume, state, done_bytes, total_bytes, phase, error_code, error_message, error_reason,
+             request_id, cancel_requested, create_time, start_time, end_time)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        )
+        .run(
+          j.id,
+          j.kind,
+          j.volume,
+          j.state,
+          j.progress.doneBytes,
+          j.progress.totalBytes,
+          j.progress.phase,
+          j.error?.code ?? null,
+          j.error?.message ?? null,
+          j.error?.reason ?? null,
+          j.requestId ?? null,
+          j.cancelRequested ? 1 : 0,
+          j.createTime,
+          j.startTime ?? null,
+          j.endTime ?? null,
+        );
+    } catch (err) {
+      throw uniqueViolation(err, `job "${j.id}" or its request id already exists`, "JOB_EXISTS");
+    }
+  }
+
+  getJob(id: string): JobRecord | undefined {
+    const row = this.db.prepare("SELECT * FROM jobs WHERE id = ?").get(id) as JobRow | undefined;
+    return row === undefined ? undefined : toJob(row);
+  }
+
+  findJobByRequestId(requestId: string): JobRecord | undefined {
+    const row = this.db.prepare("SELECT * FROM jobs WHERE request_id = ?").get(requestId) as
+      | JobRow
+      | undefined;
+    return row === undefined ? undefined : toJob(row);
+  }
+
+  latestJob(volume: string, kind: JobKind): JobRecord | undefined {
+    const row = this.db
+      .prepare("SELECT * FROM jobs WHERE volume = ? AND kind = ? ORDER BY create_time DESC, id DESC LIMIT 1")
+      .get(volume, kind) as JobRow | undefined;
+    return row === undefined ? undefined : toJob(row);
+  }
+
+  listJobs(q: JobQuery): JobRecord[] {
+    const where: string[] = [];
+    const params: unknown[] = [];
+    if (q.volume !== undefined) {
+      where.push("volume = ?");
+      params.push(q.volume);
+    }
+    if (q.kind !== undefined) {
+      where.push("kind = ?");
+      params.push(q.kind);
+    }
+    if (q.states !== undefined && q.states.length > 0) {
+      where.push(`state IN (${q.states.map(() => "?").join(", ")})`);
+      params.push(...q.states);
+    }
+    if (q.before !== undefined) {
+      where.push("(create_time < ? OR (create_time = ? AND id < ?))");
+      params.push(q.before.createTime, q.before.createTime, q.before.id);
+    }
+    const sql = `SELECT * FROM jobs ${where.length > 0 ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY create_time DESC, id DESC LIMIT ?`;
+    params.push(q.limit);
+    return (this.db.prepare(sql).all(...params) as JobRow[]).map(toJob);
+  }
+
+  updateJob(id: string, patch: JobPatch): JobRecord {
+    const sets: string[] = [];
+    const params: unknown[] = [];
+    const assign = (column: string, value: unknown) => {
+      sets.push(`${column} = ?`);
+      params.push(value);
+    };
+    if (patch.state !== undefined) assign("state", patch.state);
+    if (patch.progress !== undefined) {
+      sets.push("done_bytes = ?", "total_bytes = ?", "phase = ?");
+      params.push(patch.progress.doneBytes, patch.progress.totalBytes, patch.progress.phase);
+    }
+    if (patch.error !== undefined) {
+      sets.push("error_code = ?", "error_message = ?", "error_reason = ?");
+      params.push(patch.error?.code ?? null, patch.error?.message ?? null, patch.error?.reason ?? null);
+    }
+    if (patch.cancelRequested !== undefined) assign("cancel_requested", patch.cancelRequested ? 1 : 0);
+    if (patch.startTime !== undefined) assign("start_time", patch.startTime);
+    if (patch.endTime !== undefined) assign("end_time", patch.endTime);
+    if (sets.length > 0) {
+      params.push(id);
+      const result = this.db.prepare(`UPDATE jobs SET ${sets.join(", ")} WHERE id = ?`).run(...params);
+      if (result.changes === 0)
+        throw new EngineError("NOT_FOUND", `job "${id}" not found`, { reason: "JOB_NOT_FOUND" });
+    }
+    const job = this.getJob(id);
+    if (job === undefined)
+      throw new EngineError("NOT_FOUND", `job "${id}" not found`, { reason: "JOB_NOT_FOUND" });
+    return job;
+  }
+
+  transaction<T>(fn: () => T): T {
+    return this.db.transaction(fn)();
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+}
+
+function uniqueViolation(err: unknown, message: string, reason: string): unknown {
+  const code = (err as { code?: unknown }).code;
+  const text = err instanceof Error ? err.message : "";
+  if (
+    (typeof code === "string" && code.startsWith("SQLITE_CONSTRAINT")) ||
+    /UNIQUE constraint failed/.test(text)
+  ) {
+    return new EngineError("ALREADY_EXISTS", message, { reason, cause: err });
+  }
+  return err;
+}
+
+function toVolume(r: VolumeRow): VolumeRecord {
+  return {
+    name: r.name,
+    uid: r.uid,
+    format: r.format as VolumeRecord["format"],
+    capacity: r.capacity,
+    state: r.state as VolumeState,
+    backingVolume: r.backing_volume ?? undefined,
+    clusterSize: r.cluster_size,
+    preallocation: r.preallocation as VolumeRecord["preallocation"],
+    options: JSON.parse(r.options) as Record<string, unknown>,
+    labels: JSON.parse(r.labels) as Record<string, string>,
+    createTime: r.create_time,
+    updateTime: r.update_time,
+    specHash: r.spec_hash,
+    requestId: r.request_id ?? undefined,
+    errorMessage: r.error_message ?? undefined,
+  };
+}
+
+function toJob(r: JobRow): JobRecord {
+  return {
+    id: r.id,
+    kind: r.kind as JobKind,
+    volume: r.volume,
+    state: r.state as JobState,
+    progress: { doneBytes: r.done_bytes, totalBytes: r.total_bytes, phase: r.phase },
+    error:
+      r.error_code === null
+        ? undefined
+        : {
+            code: r.error_code as NonNullable<JobRecord["error"]>["code"],
+            message: r.error_message ?? "",
+            reason: r.error_reason ?? r.error_code,
+          },
+    requestId: r.request_id ?? undefined,
+    cancelRequested: r.cancel_requested !== 0,
+    createTime: r.create_time,
+    startTime: r.start_time ?? undefined,
+    endTime: r.end_time ?? undefined,
+  };
+}

@@ -1,0 +1,452 @@
+import fs from "node:fs";
+import path from "node:path";
+import { credentials, status } from "@grpc/grpc-js";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Preallocation, VolumeFormat, ZeroDetection } from "../gen/vdisk/v1/common.js";
+import type { ReadVolumeRequest, WriteVolumeRequest, WriteVolumeResponse } from "../gen/vdisk/v1/data.js";
+import { JobState } from "../gen/vdisk/v1/job.js";
+import { VolumeState } from "../gen/vdisk/v1/volume_types.js";
+import {
+  call,
+  collect,
+  createVolume,
+  expectStatus,
+  type Harness,
+  MAX_CAPACITY,
+  startHarness,
+} from "./harness.js";
+
+const MIB = 1024 * 1024;
+let h: Harness;
+
+beforeAll(async () => {
+  h = await startHarness();
+});
+afterAll(async () => {
+  await h?.stop();
+});
+
+function read(req: Partial<ReadVolumeRequest> & { name: string }) {
+  return collect(h.data.readVolume({ offset: 0n, length: 0n, chunkSize: 0, sparse: false, ...req }));
+}
+
+function write(messages: WriteVolumeRequest[]): Promise<WriteVolumeResponse> {
+  return new Promise((resolve, reject) => {
+    const stream = h.data.writeVolume((err, res) =>
+      err ? reject(err) : resolve(res as WriteVolumeResponse),
+    );
+    for (const m of messages) stream.write(m);
+    stream.end();
+  });
+}
+
+const open = (name: string, zeroDetection = ZeroDetection.ZERO_DETECTION_OFF): WriteVolumeRequest => ({
+  payload: { $case: "open", open: { name, zeroDetection } },
+});
+const chunk = (offset: number, data: Buffer): WriteVolumeRequest => ({
+  payload: { $case: "chunk", chunk: { offset: BigInt(offset), data } },
+});
+
+describe("input validation", () => {
+  it.each([
+    ["empty", ""],
+    ["too long", "a".repeat(129)],
+    ["slash", "a/b"],
+    ["dot-dot", "a..b"],
+    ["leading dot", ".x"],
+  ])("rejects a %s name with INVALID_ARGUMENT", async (_label, name) => {
+    await expectStatus(createVolume(h, name), status.INVALID_ARGUMENT, "INVALID_VOLUME_NAME");
+    await expectStatus(
+      call(h.volumes, h.volumes.getVolume, { name }),
+      status.INVALID_ARGUMENT,
+      "INVALID_VOLUME_NAME",
+    );
+  });
+
+  it("rejects capacity 0 and capacity above the limit", async () => {
+    await expectStatus(
+      createVolume(h, "cap0", { capacityBytes: 0n }),
+      status.INVALID_ARGUMENT,
+      "INVALID_CAPACITY",
+    );
+    await expectStatus(
+      createVolume(h, "capbig", { capacityBytes: BigInt(MAX_CAPACITY) + 1n }),
+      status.INVALID_ARGUMENT,
+      "CAPACITY_ABOVE_LIMIT",
+    );
+    await expectStatus(
+      createVolume(h, "cap2p60", { capacityBytes: 2n ** 60n }),
+      status.OUT_OF_RANGE,
+      "VALUE_TOO_LARGE",
+    );
+  });
+
+  it("rejects a missing format and raw-only mistakes", async () => {
+    await expectStatus(
+      createVolume(h, "nofmt", { format: VolumeFormat.VOLUME_FORMAT_UNSPECIFIED }),
+      status.INVALID_ARGUMENT,
+      "INVALID_FORMAT",
+    );
+    await expectStatus(
+      createVolume(h, "rawmeta", { preallocation: Preallocation.PREALLOCATION_METADATA }),
+      status.INVALID_ARGUMENT,
+      "INVALID_PREALLOCATION",
+    );
+    await expectStatus(
+      createVolume(h, "rawback", { backingVolume: "base" }),
+      status.INVALID_ARGUMENT,
+      "BACKING_NOT_SUPPORTED",
+    );
+  });
+
+  it("answers NOT_FOUND for unknown volumes and jobs", async () => {
+    await expectStatus(
+      call(h.volumes, h.volumes.getVolume, { name: "ghost" }),
+      status.NOT_FOUND,
+      "VOLUME_NOT_FOUND",
+    );
+    await expectStatus(
+      call(h.volumes, h.volumes.deleteVolume, { name: "ghost", requestId: "" }),
+      status.NOT_FOUND,
+    );
+    await expectStatus(read({ name: "ghost" }), status.NOT_FOUND);
+    await expectStatus(write([open("ghost")]), status.NOT_FOUND);
+    await expectStatus(call(h.jobs, h.jobs.getJob, { id: "job-nope" }), status.NOT_FOUND, "JOB_NOT_FOUND");
+  });
+
+  it("answers UNIMPLEMENTED with what is missing", async () => {
+    const err = await expectStatus(
+      collect(
+        h.volumes.resizeVolume({
+          name: "x",
+          capacityBytes: 1n,
+          allowShrink: false,
+          preallocation: 0,
+          requestId: "",
+          cancelOnDisconnect: false,
+        }),
+      ),
+      status.UNIMPLEMENTED,
+      "NOT_IMPLEMENTED",
+    );
+    expect(err.details).toMatch(/^ResizeVolume is not implemented yet \(/);
+    await expectStatus(
+      createVolume(h, "q", { format: VolumeFormat.VOLUME_FORMAT_QCOW2 }),
+      status.UNIMPLEMENTED,
+    );
+  });
+});
+
+describe("create, idempotency and delete", () => {
+  it("creates a raw volume, streaming the job's start and terminal events", async () => {
+    const events = await createVolume(h, "first", { labels: { env: "test" } });
+    expect(events.length).toBeGreaterThanOrEqual(2);
+    const ids = new Set(events.map((e) => e.job?.id));
+    expect(ids.size).toBe(1);
+    expect(events[0]?.job?.id).toMatch(/^job-/);
+    const last = events[events.length - 1]?.job;
+    expect(last?.state).toBe(JobState.JOB_STATE_SUCCEEDED);
+    expect(last?.result?.result?.$case).toBe("volume");
+    const { volume } = await call(h.volumes, h.volumes.getVolume, { name: "first" });
+    expect(volume).toMatchObject({
+      name: "first",
+      capacityBytes: 1048576n,
+      allocationBytes: 0n,
+      state: VolumeState.VOLUME_STATE_READY,
+      labels: { env: "test" },
+    });
+    expect(volume?.createTime).toBeInstanceOf(Date);
+    expect(fs.existsSync(path.join(h.pool, "first.raw"))).toBe(true);
+  });
+
+  it("returns the same volume and job for a repeated create, and ALREADY_EXISTS for a different spec", async () => {
+    const a = await createVolume(h, "twice");
+    const b = await createVolume(h, "twice");
+    expect(b[b.length - 1]?.job?.id).toBe(a[0]?.job?.id);
+    expect(b[b.length - 1]?.job?.state).toBe(JobState.JOB_STATE_SUCCEEDED);
+    const err = await expectStatus(
+      createVolume(h, "twice", { capacityBytes: 2n * 1048576n }),
+      status.ALREADY_EXISTS,
+      "VOLUME_EXISTS",
+    );
+    expect(err.details).toContain("different specification");
+  });
+
+  it("returns the same job for the same request id", async () => {
+    const a = await createVolume(h, "byreq", { requestId: "req-42" });
+    const b = await createVolume(h, "byreq", { requestId: "req-42" });
+    expect(b[0]?.job?.id).toBe(a[0]?.job?.id);
+    await expectStatus(
+      createVolume(h, "other", { requestId: "req-42" }),
+      status.INVALID_ARGUMENT,
+      "REQUEST_ID_REUSED",
+    );
+  });
+
+  it("preallocates FULL and FALLOC, reporting allocation and physical bytes", async () => {
+    for (const [name, preallocation] of [
+      ["full", Preallocation.PREALLOCATION_FULL],
+      ["falloc", Preallocation.PREALLOCATION_FALLOC],
+    ] as const) {
+      const events = await createVolume(h, name, { capacityBytes: BigInt(8 * MIB), preallocation });
+      expect(events[events.length - 1]?.job?.state).toBe(JobState.JOB_STATE_SUCCEEDED);
+      const { volume } = await call(h.volumes, h.volumes.getVolume, { name });
+      expect(volume?.physicalBytes).toBeGreaterThanOrEqual(BigInt(8 * MIB));
+      // FULL writes zeros, which SEEK_DATA reports as data. fallocated (unwritten) extents read as holes
+      // through SEEK_DATA on ext4 — qemu-img map says the same — so only physical bytes show FALLOC.
+      if (preallocation === Preallocation.PREALLOCATION_FULL)
+        expect(volume?.allocationBytes).toBe(BigInt(8 * MIB));
+      expect(volume?.preallocation).toBe(preallocation);
+    }
+  });
+
+  it("lists with paging and label filters", async () => {
+    for (const n of ["ls-a", "ls-b", "ls-c"]) await createVolume(h, n, { labels: { group: "ls", n } });
+    const page1 = await call(h.volumes, h.volumes.listVolumes, {
+      pageSize: 2,
+      pageToken: "",
+      labelSelector: { group: "ls" },
+    });
+    expect(page1.volumes.map((v) => v.name)).toEqual(["ls-a", "ls-b"]);
+    expect(page1.nextPageToken).not.toBe("");
+    const page2 = await call(h.volumes, h.volumes.listVolumes, {
+      pageSize: 2,
+      pageToken: page1.nextPageToken,
+      labelSelector: { group: "ls" },
+    });
+    expect(page2.volumes.map((v) => v.name)).toEqual(["ls-c"]);
+    expect(page2.nextPageToken).toBe("");
+    const one = await call(h.volumes, h.volumes.listVolumes, {
+      pageSize: 0,
+      pageToken: "",
+      labelSelector: { n: "ls-b" },
+    });
+    expect(one.volumes.map((v) => v.name)).toEqual(["ls-b"]);
+    await expectStatus(
+      call(h.volumes, h.volumes.listVolumes, { pageSize: 1, pageToken: "garbage!", labelSelector: {} }),
+      status.INVALID_ARGUMENT,
+      "INVALID_PAGE_TOKEN",
+    );
+  });
+
+  it("deletes a volume: file and record are gone", async () => {
+    await createVolume(h, "doomed");
+    await call(h.volumes, h.volumes.deleteVolume, { name: "doomed", requestId: "" });
+    expect(fs.existsSync(path.join(h.pool, "doomed.raw"))).toBe(false);
+    await expectStatus(call(h.volumes, h.volumes.getVolume, { name: "doomed" }), status.NOT_FOUND);
+    // The name is free again, with a new uid.
+    await createVolume(h, "doomed");
+  });
+});
+
+describe("data path", () => {
+  beforeAll(async () => {
+    await createVolume(h, "data", { capacityBytes: BigInt(4 * MIB) });
+  });
+
+  it("writes, flushes and reads back", async () => {
+    const payload = Buffer.alloc(256 * 1024, 0xab);
+    const res = await write([
+      open("data"),
+      chunk(MIB, payload),
+      { payload: { $case: "flush", flush: {} } },
+      chunk(3 * MIB, payload),
+    ]);
+    expect(res).toEqual({ writtenBytes: 512n * 1024n, zeroedBytes: 0n, flushedBytes: 512n * 1024n });
+    const full = await read({ name: "data", chunkSize: 1024 * 1024 });
+    const bytes = Buffer.concat(
+      full.map((m) => (m.payload?.$case === "chunk" ? m.payload.chunk.data : Buffer.alloc(0))),
+    );
+    expect(bytes.length).toBe(4 * MIB);
+    expect(bytes.subarray(MIB, MIB + payload.length).equals(payload)).toBe(true);
+    expect(bytes.subarray(0, MIB).every((b) => b === 0)).toBe(true);
+  });
+
+  it("reads sparsely: zero runs as messages, data as bounded chunks", async () => {
+    const messages = await read({ name: "data", sparse: true, chunkSize: 64 * 1024 });
+    const zeros = messages.filter((m) => m.payload?.$case === "zero");
+    const chunks = messages.filter((m) => m.payload?.$case === "chunk");
+    expect(zeros.length).toBeGreaterThan(0);
+    for (const c of chunks)
+      if (c.payload?.$case === "chunk") expect(c.payload.chunk.data.length).toBeLessThanOrEqual(64 * 1024);
+    const dataBytes = chunks.reduce(
+      (n, c) => n + (c.payload?.$case === "chunk" ? c.payload.chunk.data.length : 0),
+      0,
+    );
+    expect(dataBytes).toBeLessThan(4 * MIB);
+    expect(dataBytes).toBeGreaterThanOrEqual(512 * 1024);
+  });
+
+  it("rejects reads and writes past the end with OUT_OF_RANGE", async () => {
+    await expectStatus(
+      read({ name: "data", offset: BigInt(4 * MIB), length: 1n }),
+      status.OUT_OF_RANGE,
+      "PAST_END",
+    );
+    await expectStatus(read({ name: "data", offset: BigInt(5 * MIB) }), status.OUT_OF_RANGE);
+    await expectStatus(write([open("data"), chunk(4 * MIB - 10, Buffer.alloc(20, 1))]), status.OUT_OF_RANGE);
+    await expectStatus(
+      write([open("data"), chunk(2 ** 60, Buffer.alloc(1))]),
+      status.OUT_OF_RANGE,
+      "VALUE_TOO_LARGE",
+    );
+    await expectStatus(
+      read({ name: "data", chunkSize: 16 * MIB }),
+      status.INVALID_ARGUMENT,
+      "INVALID_CHUNK_SIZE",
+    );
+  });
+
+  it("requires open first", async () => {
+    await expectStatus(write([chunk(0, Buffer.alloc(1))]), status.INVALID_ARGUMENT, "STREAM_NOT_OPENED");
+  });
+
+  it("maps allocation with qemu-img semantics, in bounded messages, ending with a summary", async () => {
+    const messages = await collect(
+      h.allocation.getAllocationMap({
+        name: "data",
+        offset: 0n,
+        length: 0n,
+        baseVolume: "",
+        maxExtentsPerMessage: 1,
+      }),
+    );
+    expect(messages.length).toBeGreaterThan(1);
+    for (const m of messages) expect(m.extents.length).toBeLessThanOrEqual(1);
+    const extents = messages.flatMap((m) => m.extents);
+    let pos = 0n;
+    for (const e of extents) {
+      expect(e.offset).toBe(pos);
+      pos += e.length;
+    }
+    expect(pos).toBe(BigInt(4 * MIB));
+    const last = messages[messages.length - 1];
+    expect(last?.nextOffset).toBe(BigInt(4 * MIB));
+    expect(last?.summary).toBeDefined();
+    expect(messages.slice(0, -1).every((m) => m.summary === undefined)).toBe(true);
+    const s = last?.summary;
+    expect((s?.dataBytes ?? 0n) + (s?.zeroBytes ?? 0n) + (s?.unallocatedBytes ?? 0n)).toBe(BigInt(4 * MIB));
+    // Resume from the middle.
+    const resumed = await collect(
+      h.allocation.getAllocationMap({
+        name: "data",
+        offset: BigInt(2 * MIB),
+        length: 0n,
+        baseVolume: "",
+        maxExtentsPerMessage: 0,
+      }),
+    );
+    expect(resumed[0]?.extents[0]?.offset).toBe(BigInt(2 * MIB));
+  });
+
+  it("zeroes and discards ranges", async () => {
+    await call(h.allocation, h.allocation.writeZeroes, {
+      name: "data",
+      offset: BigInt(MIB),
+      length: 4096n,
+      mayUnmap: true,
+      requestId: "",
+    });
+    await call(h.allocation, h.allocation.discard, {
+      name: "data",
+      offset: BigInt(3 * MIB),
+      length: BigInt(256 * 1024),
+      requestId: "",
+    });
+    const [first] = await read({ name: "data", offset: BigInt(MIB), length: 8192n });
+    const data = first?.payload?.$case === "chunk" ? first.payload.chunk.data : Buffer.alloc(0);
+    expect(data.subarray(0, 4096).every((b) => b === 0)).toBe(true);
+    expect(data.subarray(4096).every((b) => b === 0xab)).toBe(true);
+    const back = await read({ name: "data", offset: BigInt(3 * MIB), length: BigInt(256 * 1024) });
+    expect(
+      back.every((m) => m.payload?.$case !== "chunk" || m.payload.chunk.data.every((b) => b === 0)),
+    ).toBe(true);
+    await expectStatus(
+      call(h.allocation, h.allocation.writeZeroes, {
+        name: "data",
+        offset: 0n,
+        length: 0n,
+        mayUnmap: false,
+        requestId: "",
+      }),
+      status.INVALID_ARGUMENT,
+    );
+    await expectStatus(
+      call(h.allocation, h.allocation.discard, {
+        name: "data",
+        offset: BigInt(4 * MIB),
+        length: 1n,
+        requestId: "",
+      }),
+      status.OUT_OF_RANGE,
+    );
+  });
+
+  it("writes zero runs and detects zeroes", async () => {
+    const res = await write([
+      open("data", ZeroDetection.ZERO_DETECTION_UNMAP),
+      chunk(0, Buffer.alloc(64 * 1024)),
+      { payload: { $case: "zero", zero: { offset: 0n, length: 4096n } } },
+    ]);
+    expect(res).toEqual({ writtenBytes: 65536n, zeroedBytes: 4096n, flushedBytes: 69632n });
+  });
+});
+
+describe("jobs, health and reflection", () => {
+  it("gets, lists and watches jobs", async () => {
+    const events = await createVolume(h, "jobbed");
+    const id = events[0]?.job?.id as string;
+    const { job } = await call(h.jobs, h.jobs.getJob, { id });
+    expect(job?.state).toBe(JobState.JOB_STATE_SUCCEEDED);
+    const watched = await collect(h.jobs.watchJob({ id }));
+    expect(watched.map((e) => e.job?.state)).toEqual([JobState.JOB_STATE_SUCCEEDED]);
+    const list = await call(h.jobs, h.jobs.listJobs, {
+      pageSize: 10,
+      pageToken: "",
+      volume: "jobbed",
+      states: [],
+      kind: 0,
+    });
+    expect(list.jobs.map((j) => j.id)).toEqual([id]);
+    const cancelled = await call(h.jobs, h.jobs.cancelJob, { id });
+    expect(cancelled.job?.state).toBe(JobState.JOB_STATE_SUCCEEDED);
+  });
+
+  it("refuses to delete a volume while a data stream holds it", async () => {
+    await createVolume(h, "busy", { capacityBytes: BigInt(MIB) });
+    const stream = h.data.writeVolume(() => {});
+    stream.write(open("busy"));
+    stream.write(chunk(0, Buffer.alloc(4096, 1)));
+    await new Promise((r) => setTimeout(r, 200));
+    await expectStatus(
+      call(h.volumes, h.volumes.deleteVolume, { name: "busy", requestId: "" }),
+      status.FAILED_PRECONDITION,
+      "VOLUME_IN_USE",
+    );
+    stream.end();
+  });
+
+  it("serves grpc.health.v1 for the server and each service", async () => {
+    const { HealthClient } = await loadHealthClient();
+    const client = new HealthClient(`127.0.0.1:${h.server.port}`, credentials.createInsecure());
+    for (const service of ["", "vdisk.v1.VolumeService", "vdisk.v1.DataService"]) {
+      const res = await new Promise<{ status: string }>((resolve, reject) =>
+        client.check({ service }, (err: Error | null, r: { status: string }) =>
+          err ? reject(err) : resolve(r),
+        ),
+      );
+      expect(res.status).toBe("SERVING");
+    }
+    client.close();
+  });
+});
+
+async function loadHealthClient() {
+  const grpc = await import("@grpc/grpc-js");
+  const loader = await import("@grpc/proto-loader");
+  const { protoPath } = await import("grpc-health-check");
+  const def = loader.loadSync(protoPath, { keepCase: true, enums: String });
+  // biome-ignore lint/suspicious/noExplicitAny: a dynamically loaded service constructor.
+  const pkg = grpc.loadPackageDefinition(def) as any;
+  return { HealthClient: pkg.grpc.health.v1.Health };
+}

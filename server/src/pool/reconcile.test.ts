@@ -1,0 +1,86 @@
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { pino } from "pino";
+import { afterEach, describe, expect, it } from "vitest";
+import { SqliteCatalog } from "../catalog/sqlite-catalog.js";
+import { jobRecord, volumeRecord } from "../catalog/test-records.js";
+import { Pool } from "./pool.js";
+import { reconcile } from "./reconcile.js";
+
+const dirs: string[] = [];
+afterEach(() => {
+  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
+});
+
+describe("reconcile", () => {
+  it("removes interrupted creations, fails running jobs, clears temp files and reports unknown files", async () => {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), "vdisk-pool-"));
+    dirs.push(root);
+    const pool = new Pool(root);
+    await pool.init();
+    const catalog = SqliteCatalog.open(pool.catalogPath);
+
+    catalog.insertVolume(volumeRecord("ready", { uid: "1" }));
+    fs.writeFileSync(pool.volumePath("ready", "raw"), "data");
+    catalog.insertVolume(volumeRecord("half", { uid: "2", state: "CREATING" }));
+    fs.writeFileSync(pool.tempPath("half", "raw"), "partial");
+    catalog.insertVolume(volumeRecord("renamed", { uid: "3", state: "CREATING" }));
+    fs.writeFileSync(pool.volumePath("renamed", "raw"), "complete but never marked READY");
+    catalog.insertVolume(volumeRecord("going", { uid: "4", state: "DELETING" }));
+    fs.writeFileSync(pool.volumePath("going", "raw"), "x");
+    fs.writeFileSync(path.join(pool.tmpDir, "junk.tmp"), "x");
+    fs.writeFileSync(path.join(root, "operator.img"), "not ours");
+
+    catalog.insertJob(jobRecord("j-create", { volume: "half", state: "RUNNING" }));
+    catalog.insertJob(
+      jobRecord("j-check", { volume: "ready", state: "RUNNING", kind: "CHECK_VOLUME", createTime: 2 }),
+    );
+    catalog.insertJob(jobRecord("j-done", { volume: "ready", state: "SUCCEEDED", createTime: 3 }));
+
+    const log = pino({ level: "silent" });
+    const report = await reconcile(catalog, pool, log);
+
+    expect(report.removedCreating.sort()).toEqual(["half", "renamed"]);
+    expect(report.finishedDeleting).toEqual(["going"]);
+    expect(report.failedJobs.sort()).toEqual(["j-check", "j-create"]);
+    expect(report.removedTempFiles).toBe(1);
+    expect(report.unknownFiles).toEqual(["operator.img"]);
+
+    expect(catalog.listVolumes({ limit: 10 }).map((v) => v.name)).toEqual(["ready"]);
+    expect(fs.readdirSync(pool.tmpDir)).toEqual([]);
+    expect(fs.readdirSync(root).sort()).toEqual([".vdisk", "operator.img", "ready.raw"]);
+    const createJob = catalog.getJob("j-create");
+    expect(createJob).toMatchObject({
+      state: "FAILED",
+      error: { message: "server restarted during creation", reason: "SERVER_RESTARTED" },
+    });
+    expect(createJob?.endTime).toBeGreaterThan(0);
+    expect(catalog.getJob("j-check")?.state).toBe("FAILED");
+    expect(catalog.getJob("j-done")?.state).toBe("SUCCEEDED");
+    catalog.close();
+  });
+});
+
+describe("Pool", () => {
+  it("publishes a temp file atomically and refuses to replace an existing file", async () => {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), "vdisk-pool-"));
+    dirs.push(root);
+    const pool = new Pool(root);
+    await pool.init();
+    const t1 = pool.tempPath("v", "qcow2");
+    fs.writeFileSync(t1, "one");
+    expect(await pool.publish(t1, "v", "qcow2")).toBe(path.join(root, "v.qcow2"));
+    expect(fs.existsSync(t1)).toBe(false);
+    const t2 = pool.tempPath("v", "qcow2");
+    fs.writeFileSync(t2, "two");
+    await expect(pool.publish(t2, "v", "qcow2")).rejects.toMatchObject({ code: "ALREADY_EXISTS" });
+    expect(fs.readFileSync(path.join(root, "v.qcow2"), "utf8")).toBe("one");
+  });
+
+  it("never turns a name into a path", () => {
+    const pool = new Pool("/pool");
+    expect(() => pool.volumePath("../etc/passwd", "raw")).toThrow(/must not contain/);
+    expect(pool.volumePath("disk", "vmdk")).toBe("/pool/disk.vmdk");
+  });
+});

@@ -1,0 +1,93 @@
+import path from "node:path";
+import type { Catalog } from "../catalog/catalog.js";
+import type { Logger } from "../log.js";
+import type { Pool } from "./pool.js";
+
+export interface ReconcileReport {
+  removedCreating: string[];
+  finishedDeleting: string[];
+  failedJobs: string[];
+  removedTempFiles: number;
+  unknownFiles: string[];
+}
+
+/**
+ * Brings catalog and pool back in agreement after a start (possibly after a crash):
+ * - a volume still CREATING was never published: its files and record go, its job becomes FAILED;
+ * - a volume still DELETING had its deletion accepted: it is finished;
+ * - any job still QUEUED/RUNNING lost its runner with the old process and becomes FAILED;
+ * - everything under the temp directory is debris from interrupted work and is removed;
+ * - files the catalog does not know are reported, never adopted or deleted (they may be an operator's).
+ */
+export async function reconcile(catalog: Catalog, pool: Pool, log: Logger): Promise<ReconcileReport> {
+  const report: ReconcileReport = {
+    removedCreating: [],
+    finishedDeleting: [],
+    failedJobs: [],
+    removedTempFiles: 0,
+    unknownFiles: [],
+  };
+  const now = Date.now();
+
+  // BUSY maps to ABORTED: the work was not done and retrying the request is the right answer.
+  const interrupted = catalog.listJobs({ states: ["QUEUED", "RUNNING"], limit: 1_000_000 });
+  for (const job of interrupted) {
+    const message =
+      job.kind === "CREATE_VOLUME"
+        ? "server restarted during creation"
+        : "server restarted while the job was running";
+    catalog.updateJob(job.id, {
+      state: "FAILED",
+      endTime: now,
+      error: { code: "BUSY", message, reason: "SERVER_RESTARTED" },
+    });
+    report.failedJobs.push(job.id);
+  }
+
+  for (const volume of allVolumes(catalog)) {
+    if (volume.state !== "CREATING" && volume.state !== "DELETING") continue;
+    // Whether or not the rename happened before the crash, a file under this name was made by this attempt.
+    await pool.removeFile(pool.volumePath(volume.name, volume.format));
+    for (const temp of await pool.tempFilesOf(volume.name)) await pool.removeFile(temp);
+    catalog.deleteVolume(volume.name);
+    (volume.state === "CREATING" ? report.removedCreating : report.finishedDeleting).push(volume.name);
+  }
+
+  for (const temp of await pool.listTemp()) {
+    await pool.removeFile(temp);
+    report.removedTempFiles++;
+  }
+
+  const known = new Set(allVolumes(catalog).map((v) => pool.fileName(v.name, v.format)));
+  for (const file of await pool.listVolumeFiles()) {
+    if (!known.has(file)) report.unknownFiles.push(file);
+  }
+
+  for (const name of report.removedCreating)
+    log.warn({ volume: name }, "removed a volume left CREATING by an earlier run");
+  for (const name of report.finishedDeleting)
+    log.info({ volume: name }, "finished deleting a volume left DELETING by an earlier run");
+  for (const id of report.failedJobs) log.warn({ job: id }, "marked an interrupted job FAILED");
+  if (report.removedTempFiles > 0) log.info({ count: report.removedTempFiles }, "removed temporary files");
+  for (const file of report.unknownFiles) {
+    log.warn(
+      { file: path.basename(file) },
+      "file in the pool has no catalog record; leaving it alone (not adopted, not deleted)",
+    );
+  }
+  return report;
+}
+
+function* allVolumesGen(catalog: Catalog): Generator<ReturnType<Catalog["listVolumes"]>[number]> {
+  let after: string | undefined;
+  for (;;) {
+    const page = catalog.listVolumes({ ...(after === undefined ? {} : { after }), limit: 500 });
+    yield* page;
+    if (page.length < 500) return;
+    after = page[page.length - 1]?.name;
+  }
+}
+
+function allVolumes(catalog: Catalog) {
+  return [...allVolumesGen(catalog)];
+}

@@ -1,0 +1,104 @@
+import type { Server } from "@grpc/grpc-js";
+import { EngineError } from "@vdisk/engine";
+import type { JobRecord, JobState } from "../catalog/catalog.js";
+import {
+  type CancelJobRequest,
+  type CancelJobResponse,
+  type GetJobRequest,
+  type GetJobResponse,
+  type JobEvent,
+  JobKind,
+  type JobServiceServer,
+  JobServiceService,
+  type ListJobsRequest,
+  type ListJobsResponse,
+  type WatchJobRequest,
+} from "../gen/vdisk/v1/job.js";
+import { type CallContext, serverStream, unary } from "../rpc/adapt.js";
+import { jobKindFromWire, jobStateFromWire } from "../rpc/convert.js";
+import type { ServiceContext } from "./context.js";
+import { jobEvent, jobMessage } from "./volume-messages.js";
+
+const DEFAULT_PAGE_SIZE = 100;
+const MAX_PAGE_SIZE = 1000;
+
+export class JobService {
+  constructor(private readonly ctx: ServiceContext) {}
+
+  addToServer(server: Pick<Server, "addService">): void {
+    const env = this.ctx.adapter;
+    const impl: JobServiceServer = {
+      getJob: unary(env, "GetJob", async (req: GetJobRequest) => this.getJob(req)),
+      listJobs: unary(env, "ListJobs", async (req: ListJobsRequest) => this.listJobs(req)),
+      watchJob: serverStream(env, "WatchJob", (req: WatchJobRequest, call) => this.watchJob(req, call)),
+      cancelJob: unary(env, "CancelJob", async (req: CancelJobRequest) => this.cancelJob(req)),
+    };
+    server.addService(JobServiceService, impl);
+  }
+
+  getJob(req: GetJobRequest): GetJobResponse {
+    return { job: jobMessage(this.require(req.id)) };
+  }
+
+  listJobs(req: ListJobsRequest): ListJobsResponse {
+    if (req.pageSize < 0)
+      throw new EngineError("INVALID_ARGUMENT", "page_size must not be negative", {
+        reason: "INVALID_PAGE_SIZE",
+      });
+    const pageSize = Math.min(req.pageSize === 0 ? DEFAULT_PAGE_SIZE : req.pageSize, MAX_PAGE_SIZE);
+    const states = req.states.map((s) => jobStateFromWire(s)).filter((s): s is JobState => s !== undefined);
+    const kind = req.kind === JobKind.JOB_KIND_UNSPECIFIED ? undefined : jobKindFromWire(req.kind);
+    const before = req.pageToken === "" ? undefined : decodeToken(req.pageToken);
+    const rows = this.ctx.catalog.listJobs({
+      limit: pageSize + 1,
+      ...(req.volume === "" ? {} : { volume: req.volume }),
+      ...(states.length === 0 ? {} : { states }),
+      ...(kind === undefined ? {} : { kind }),
+      ...(before === undefined ? {} : { before }),
+    });
+    const page = rows.slice(0, pageSize).map((r) => this.ctx.jobs.get(r.id) ?? r);
+    const last = page[page.length - 1];
+    return {
+      jobs: page.map(jobMessage),
+      nextPageToken:
+        rows.length > pageSize && last !== undefined
+          ? Buffer.from(JSON.stringify([last.createTime, last.id])).toString("base64url")
+          : "",
+    };
+  }
+
+  async *watchJob(req: WatchJobRequest, call: CallContext): AsyncGenerator<JobEvent> {
+    this.require(req.id);
+    for await (const snapshot of this.ctx.jobs.watch(req.id, call.signal))
+      yield await jobEvent(this.ctx, snapshot, call.signal);
+  }
+
+  cancelJob(req: CancelJobRequest): CancelJobResponse {
+    this.require(req.id);
+    return { job: jobMessage(this.ctx.jobs.cancel(req.id) as JobRecord) };
+  }
+
+  private require(id: string): JobRecord {
+    if (id === "" || id.length > 128)
+      throw new EngineError("INVALID_ARGUMENT", "id must be a job id", { reason: "INVALID_JOB_ID" });
+    const job = this.ctx.jobs.get(id);
+    if (job === undefined)
+      throw new EngineError("NOT_FOUND", `job "${id}" not found`, {
+        reason: "JOB_NOT_FOUND",
+        metadata: { job: id },
+      });
+    return job;
+  }
+}
+
+function decodeToken(token: string): { createTime: number; id: string } {
+  try {
+    const [createTime, id] = JSON.parse(Buffer.from(token, "base64url").toString("utf8")) as unknown[];
+    if (typeof createTime === "number" && typeof id === "string") return { createTime, id };
+  } catch {
+    // fall through
+  }
+  throw new EngineError("INVALID_ARGUMENT", "page_token is not a token this server issued", {
+    reason: "INVALID_PAGE_TOKEN",
+  });
+}

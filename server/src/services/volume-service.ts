@@ -1,0 +1,379 @@
+import { createHash, randomUUID } from "node:crypto";
+import type { Server } from "@grpc/grpc-js";
+import { EngineError, type FormatName, type PreallocMode } from "@vdisk/engine";
+import type { JobRecord, VolumeRecord } from "../catalog/catalog.js";
+import type { JobEvent } from "../gen/vdisk/v1/job.js";
+import {
+  type CreateVolumeRequest,
+  type DeleteVolumeRequest,
+  type DeleteVolumeResponse,
+  type GetVolumeRequest,
+  type GetVolumeResponse,
+  type ListVolumesRequest,
+  type ListVolumesResponse,
+  type VolumeServiceServer,
+  VolumeServiceService,
+} from "../gen/vdisk/v1/volume.js";
+import type { JobContext } from "../jobs/job-runner.js";
+import { validateVolumeName } from "../pool/names.js";
+import { type CallContext, clientStream, failingStream, serverStream, unary } from "../rpc/adapt.js";
+import { formatFromWire, preallocFromWire, toNumber } from "../rpc/convert.js";
+import { unimplemented } from "../rpc/errors.js";
+import { driverFor } from "../volumes/image-registry.js";
+import { requireVolume, type ServiceContext } from "./context.js";
+import { jobEvent, volumeMessage } from "./volume-messages.js";
+
+const DEFAULT_PAGE_SIZE = 100;
+const MAX_PAGE_SIZE = 1000;
+const MAX_LABELS = 64;
+
+/** What a CreateVolume asks for, normalized so that equal requests compare (and hash) equal. */
+interface CreateSpec {
+  name: string;
+  format: FormatName;
+  capacity: number;
+  preallocation: PreallocMode;
+  allocationBytes: number | undefined;
+  backingVolume: string | undefined;
+  clusterSize: number;
+  labels: Record<string, string>;
+}
+
+export class VolumeService {
+  constructor(private readonly ctx: ServiceContext) {}
+
+  addToServer(server: Pick<Server, "addService">): void {
+    const env = this.ctx.adapter;
+    const impl: VolumeServiceServer = {
+      createVolume: serverStream(env, "CreateVolume", (req: CreateVolumeRequest, call) =>
+        this.createVolume(req, call),
+      ),
+      getVolume: unary(env, "GetVolume", (req: GetVolumeRequest, call) => this.getVolume(req, call)),
+      listVolumes: unary(env, "ListVolumes", (req: ListVolumesRequest, call) => this.listVolumes(req, call)),
+      deleteVolume: unary(env, "DeleteVolume", (req: DeleteVolumeRequest) => this.deleteVolume(req)),
+      resizeVolume: serverStream(env, "ResizeVolume", () =>
+        failingStream(unimplemented("ResizeVolume", "issue 4: jobs beyond create")),
+      ),
+      cloneVolume: serverStream(env, "CloneVolume", () =>
+        failingStream(unimplemented("CloneVolume", "needs the qcow2 driver and copy jobs")),
+      ),
+      checkVolume: serverStream(env, "CheckVolume", () =>
+        failingStream(unimplemented("CheckVolume", "issue 4: jobs beyond create")),
+      ),
+      importVolume: clientStream(env, "ImportVolume", async () => {
+        throw unimplemented("ImportVolume", "needs image inspection and the qcow2/vmdk drivers");
+      }),
+      exportVolume: serverStream(env, "ExportVolume", () =>
+        failingStream(unimplemented("ExportVolume", "needs the qcow2/vmdk writers")),
+      ),
+    };
+    server.addService(VolumeServiceService, impl);
+  }
+
+  async *createVolume(req: CreateVolumeRequest, call: CallContext): AsyncGenerator<JobEvent> {
+    const spec = this.validateCreate(req);
+    const specHash = hashSpec(spec);
+    const requestId = req.requestId === "" ? undefined : req.requestId;
+    const { catalog, jobs } = this.ctx;
+
+    let job: JobRecord | undefined;
+    if (requestId !== undefined) {
+      const previous = catalog.findJobByRequestId(requestId);
+      if (previous !== undefined) {
+        if (previous.kind !== "CREATE_VOLUME" || previous.volume !== spec.name) {
+          throw new EngineError("INVALID_ARGUMENT", "request_id was already used for a different request", {
+            reason: "REQUEST_ID_REUSED",
+            metadata: { job: previous.id },
+          });
+        }
+        job = previous;
+      }
+    }
+    if (job === undefined) {
+      const existing = catalog.getVolume(spec.name);
+      if (existing !== undefined) {
+        if (existing.specHash !== specHash) {
+          throw new EngineError(
+            "ALREADY_EXISTS",
+            `volume "${spec.name}" already exists with a different specification`,
+            {
+              reason: "VOLUME_EXISTS",
+              metadata: { volume: spec.name },
+            },
+          );
+        }
+        job = catalog.latestJob(spec.name, "CREATE_VOLUME");
+        if (job === undefined) {
+          // Same spec, but the creating job is gone (e.g. imported by an operator): the volume is the answer.
+          throw new EngineError("ALREADY_EXISTS", `volume "${spec.name}" already exists`, {
+            reason: "VOLUME_EXISTS",
+            metadata: { volume: spec.name },
+          });
+        }
+      } else {
+        job = this.startCreate(spec, specHash, requestId);
+      }
+    }
+
+    const jobId = job.id;
+    if (req.cancelOnDisconnect) {
+      call.signal.addEventListener("abort", () => {
+        const reason = call.signal.reason as EngineError | undefined;
+        if (reason?.reason === "CLIENT_CANCELLED" || reason?.reason === "DEADLINE") jobs.cancel(jobId);
+      });
+    }
+    for await (const snapshot of jobs.watch(jobId, call.signal))
+      yield await jobEvent(this.ctx, snapshot, call.signal);
+  }
+
+  private validateCreate(req: CreateVolumeRequest): CreateSpec {
+    const name = validateVolumeName(req.name);
+    const format = formatFromWire(req.format);
+    const capacity = toNumber(req.capacityBytes, "capacity_bytes");
+    if (capacity <= 0) {
+      throw new EngineError("INVALID_ARGUMENT", "capacity_bytes must be greater than 0", {
+        reason: "INVALID_CAPACITY",
+        metadata: { field: "capacity_bytes" },
+      });
+    }
+    if (capacity > this.ctx.maxCapacity) {
+      throw new EngineError(
+        "INVALID_ARGUMENT",
+        `capacity_bytes ${capacity} is above this server's limit of ${this.ctx.maxCapacity}`,
+        {
+          reason: "CAPACITY_ABOVE_LIMIT",
+          metadata: { field: "capacity_bytes", limit: String(this.ctx.maxCapacity) },
+        },
+      );
+    }
+    const preallocation = preallocFromWire(req.preallocation);
+    const allocationBytes =
+      req.allocationBytes === undefined ? undefined : toNumber(req.allocationBytes, "allocation_bytes");
+    if (allocationBytes !== undefined && allocationBytes > capacity) {
+      throw new EngineError("INVALID_ARGUMENT", "allocation_bytes must not exceed capacity_bytes", {
+        reason: "INVALID_ALLOCATION",
+        metadata: { field: "allocation_bytes" },
+      });
+    }
+    const backingVolume =
+      req.backingVolume === "" ? undefined : validateVolumeName(req.backingVolume, "backing_volume");
+    const labels = validateLabels(req.labels);
+    if (format === "raw") {
+      if (preallocation === "metadata") {
+        throw new EngineError(
+          "INVALID_ARGUMENT",
+          "raw volumes support preallocation OFF, FALLOC or FULL, not METADATA",
+          {
+            reason: "INVALID_PREALLOCATION",
+            metadata: { field: "preallocation" },
+          },
+        );
+      }
+      if (backingVolume !== undefined) {
+        throw new EngineError("INVALID_ARGUMENT", "raw volumes cannot have a backing volume (use qcow2)", {
+          reason: "BACKING_NOT_SUPPORTED",
+          metadata: { field: "backing_volume" },
+        });
+      }
+      if (req.clusterSize !== 0) {
+        throw new EngineError("INVALID_ARGUMENT", "raw volumes have no cluster size", {
+          reason: "INVALID_CLUSTER_SIZE",
+          metadata: { field: "cluster_size" },
+        });
+      }
+    } else {
+      throw unimplemented(
+        `CreateVolume for ${format}`,
+        `the ${format} driver is not merged into the server yet`,
+      );
+    }
+    // qemu-img rounds raw sizes up to whole 512-byte sectors, and so does the engine; record what the file will hold.
+    const stored = Math.ceil(capacity / 512) * 512;
+    return {
+      name,
+      format,
+      capacity: stored,
+      preallocation,
+      allocationBytes,
+      backingVolume,
+      clusterSize: req.clusterSize,
+      labels,
+    };
+  }
+
+  private startCreate(spec: CreateSpec, specHash: string, requestId: string | undefined): JobRecord {
+    const { catalog, pool, jobs, engine, log } = this.ctx;
+    const now = Date.now();
+    const record: VolumeRecord = {
+      name: spec.name,
+      uid: randomUUID(),
+      format: spec.format,
+      capacity: spec.capacity,
+      state: "CREATING",
+      backingVolume: spec.backingVolume,
+      clusterSize: spec.clusterSize,
+      preallocation: spec.preallocation,
+      options: spec.allocationBytes === undefined ? {} : { allocationBytes: spec.allocationBytes },
+      labels: spec.labels,
+      createTime: now,
+      updateTime: now,
+      specHash,
+      requestId,
+      errorMessage: undefined,
+    };
+    const prealloc = spec.preallocation;
+    const totalBytes = prealloc === "off" ? 0 : (spec.allocationBytes ?? spec.capacity);
+    const driver = driverFor(engine, spec.format);
+
+    const work = async (job: JobContext): Promise<void> => {
+      const temp = pool.tempPath(spec.name, spec.format);
+      const file = await engine.openHostFile(temp, { readOnly: false, create: "new" });
+      try {
+        job.progress(0, totalBytes, prealloc === "off" ? "creating" : "preallocating");
+        await driver.create(file, {
+          size: spec.capacity,
+          prealloc,
+          ...(spec.allocationBytes === undefined ? {} : { preallocBytes: spec.allocationBytes }),
+          signal: job.signal,
+          onProgress: (done, total, phase) => job.progress(done, total, phase ?? "preallocating"),
+        });
+        job.progress(totalBytes, totalBytes, "publishing");
+        await file.flush();
+      } finally {
+        await file.close();
+      }
+      await pool.publish(temp, spec.name, spec.format);
+      catalog.updateVolume(spec.name, { state: "READY" });
+    };
+
+    // A failed or cancelled creation leaves nothing behind: no temp file, no final file, no record.
+    const cleanup = async (): Promise<void> => {
+      for (const temp of await pool.tempFilesOf(spec.name)) await pool.removeFile(temp);
+      const current = catalog.getVolume(spec.name);
+      if (current?.uid === record.uid && current.state === "CREATING") {
+        await pool.removeFile(pool.volumePath(spec.name, spec.format));
+        catalog.deleteVolume(spec.name);
+      }
+    };
+
+    log.info(
+      { volume: spec.name, format: spec.format, capacity: spec.capacity, prealloc },
+      "creating volume",
+    );
+    return jobs.start(
+      { kind: "CREATE_VOLUME", volume: spec.name, requestId, totalBytes },
+      work,
+      cleanup,
+      () => catalog.insertVolume(record),
+    );
+  }
+
+  async getVolume(req: GetVolumeRequest, call: CallContext): Promise<GetVolumeResponse> {
+    const volume = requireVolume(this.ctx.catalog, req.name);
+    return { volume: await volumeMessage(this.ctx, volume, call.signal) };
+  }
+
+  async listVolumes(req: ListVolumesRequest, call: CallContext): Promise<ListVolumesResponse> {
+    if (req.pageSize < 0)
+      throw new EngineError("INVALID_ARGUMENT", "page_size must not be negative", {
+        reason: "INVALID_PAGE_SIZE",
+      });
+    const pageSize = Math.min(req.pageSize === 0 ? DEFAULT_PAGE_SIZE : req.pageSize, MAX_PAGE_SIZE);
+    const after = req.pageToken === "" ? undefined : decodePageToken(req.pageToken);
+    const labels = validateLabels(req.labelSelector);
+    // One extra row tells whether another page exists without a second query.
+    const rows = this.ctx.catalog.listVolumes({
+      ...(after === undefined ? {} : { after }),
+      limit: pageSize + 1,
+      labels,
+    });
+    const page = rows.slice(0, pageSize);
+    const volumes = [];
+    for (const v of page) volumes.push(await volumeMessage(this.ctx, v, call.signal));
+    const last = page[page.length - 1];
+    return {
+      volumes,
+      nextPageToken: rows.length > pageSize && last !== undefined ? encodePageToken(last.name) : "",
+    };
+  }
+
+  async deleteVolume(req: DeleteVolumeRequest): Promise<DeleteVolumeResponse> {
+    const { catalog, jobs, leases, images, pool, log } = this.ctx;
+    const volume = requireVolume(catalog, req.name);
+    const refuse = (message: string, reason: string, metadata: Record<string, string> = {}) =>
+      new EngineError("FAILED_PRECONDITION", message, {
+        reason,
+        metadata: { volume: volume.name, ...metadata },
+      });
+    const dependants = catalog.dependantsOf(volume.name);
+    if (dependants.length > 0) {
+      throw refuse(
+        `volume "${volume.name}" is the backing of ${dependants.map((d) => `"${d}"`).join(", ")}`,
+        "HAS_DEPENDANTS",
+        {
+          dependants: dependants.join(","),
+        },
+      );
+    }
+    if (volume.state === "CREATING" || jobs.isActive(volume.name))
+      throw refuse(`a job is using volume "${volume.name}"`, "VOLUME_BUSY");
+    if (leases.inUse(volume.uid))
+      throw refuse(`volume "${volume.name}" has data streams open`, "VOLUME_IN_USE");
+
+    catalog.updateVolume(volume.name, { state: "DELETING" });
+    await images.close(volume.uid);
+    await pool.removeFile(pool.volumePath(volume.name, volume.format));
+    catalog.deleteVolume(volume.name);
+    log.info({ volume: volume.name }, "deleted volume");
+    return {};
+  }
+}
+
+function validateLabels(labels: Record<string, string>): Record<string, string> {
+  const entries = Object.entries(labels);
+  if (entries.length > MAX_LABELS)
+    throw new EngineError("INVALID_ARGUMENT", `at most ${MAX_LABELS} labels are allowed`, {
+      reason: "INVALID_LABELS",
+    });
+  for (const [key, value] of entries) {
+    if (!/^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/.test(key) || value.length > 256) {
+      throw new EngineError(
+        "INVALID_ARGUMENT",
+        `label "${key.slice(0, 64)}" is invalid (keys: 1–63 of A-Z a-z 0-9 . _ / -; values: at most 256 characters)`,
+        {
+          reason: "INVALID_LABELS",
+        },
+      );
+    }
+  }
+  return Object.fromEntries(entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+}
+
+function hashSpec(spec: CreateSpec): string {
+  const canonical = JSON.stringify([
+    spec.format,
+    spec.capacity,
+    spec.preallocation,
+    spec.allocationBytes ?? null,
+    spec.backingVolume ?? null,
+    spec.clusterSize,
+    Object.entries(spec.labels),
+  ]);
+  return createHash("sha256").update(canonical).digest("hex");
+}
+
+function encodePageToken(lastName: string): string {
+  return Buffer.from(JSON.stringify({ after: lastName })).toString("base64url");
+}
+
+function decodePageToken(token: string): string {
+  try {
+    const parsed = JSON.parse(Buffer.from(token, "base64url").toString("utf8")) as { after?: unknown };
+    if (typeof parsed.after === "string") return parsed.after;
+  } catch {
+    // fall through
+  }
+  throw new EngineError("INVALID_ARGUMENT", "page_token is not a token this server issued", {
+    reason: "INVALID_PAGE_TOKEN",
+  });
+}
