@@ -9,11 +9,12 @@ import { HealthImplementation, type ServingStatus } from "grpc-health-check";
 import { SqliteCatalog } from "./catalog/sqlite-catalog.js";
 import { parseListen, type ServerConfig } from "./config.js";
 import { JobRunner } from "./jobs/job-runner.js";
+import { VolumeLocks } from "./jobs/volume-locks.js";
 import type { Logger } from "./log.js";
 import { Pool } from "./pool/pool.js";
 import { reconcile } from "./pool/reconcile.js";
 import { AllocationService } from "./services/allocation-service.js";
-import { type ServiceContext, VolumeLeases } from "./services/context.js";
+import type { ServiceContext } from "./services/context.js";
 import { DataService } from "./services/data-service.js";
 import { JobService } from "./services/job-service.js";
 import { VolumeService } from "./services/volume-service.js";
@@ -88,14 +89,24 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
 
   const shutdown = new AbortController();
   const images = new ImageRegistry(catalog, pool, engine);
-  const jobs = new JobRunner(catalog, log, config.maxJobs);
+  const locks = new VolumeLocks();
+  const jobs = new JobRunner({
+    store: catalog,
+    locks,
+    maxRunning: config.maxJobs,
+    onJobEnd: (job) =>
+      log.info(
+        { job: job.id, kind: job.kind, volume: job.volume, state: job.state, reason: job.error?.reason },
+        "job ended",
+      ),
+  });
   const ctx: ServiceContext = {
     catalog,
     pool,
     images,
     jobs,
     engine,
-    leases: new VolumeLeases(),
+    locks,
     adapter: { log, shutdown: shutdown.signal },
     log,
     maxCapacity: config.maxCapacity,

@@ -31,7 +31,13 @@ export async function* mapExtents(top: BlockImage, opts: MapOptions = {}): Async
   while (!builder.complete) {
     throwIfAborted(signal);
     const offset = builder.position;
-    const { status, depth, present } = await walkChain(top, opts.base, offset, end - offset, signal === undefined ? {} : { signal });
+    const { status, depth, present } = await walkChain(
+      top,
+      opts.base,
+      offset,
+      end - offset,
+      signal === undefined ? {} : { signal },
+    );
     const extent: Extent = {
       start: offset,
       length: status.length,
@@ -61,7 +67,12 @@ export interface AllocationSummary {
 
 /** Totals over mapExtents; dataBytes + zeroBytes + unallocatedBytes equals the mapped length. */
 export async function allocationSummary(top: BlockImage, opts: MapOptions = {}): Promise<AllocationSummary> {
-  const summary: AllocationSummary = { dataBytes: 0, zeroBytes: 0, unallocatedBytes: 0, allocatedInTopBytes: 0 };
+  const summary: AllocationSummary = {
+    dataBytes: 0,
+    zeroBytes: 0,
+    unallocatedBytes: 0,
+    allocatedInTopBytes: 0,
+  };
   for await (const extent of mapExtents(top, opts)) addToSummary(summary, extent);
   return summary;
 }

@@ -6,7 +6,10 @@ import { ClusterLayer, type ClusterState } from "./testing/cluster-layer.js";
 
 const C = 4096;
 
-function layer(states: string, opts: { backing?: ClusterLayer; virtualSize?: number; hostOffsetBase?: number } = {}) {
+function layer(
+  states: string,
+  opts: { backing?: ClusterLayer; virtualSize?: number; hostOffsetBase?: number } = {},
+) {
   const map: Record<string, ClusterState> = { ".": "unallocated", D: "data", Z: "zero", C: "compressed" };
   const clusters = [...states].map((ch) => map[ch] as ClusterState);
   return new ClusterLayer({ clusterSize: C, clusters, ...opts });
@@ -18,7 +21,15 @@ async function collect(iter: AsyncIterable<Extent>): Promise<Extent[]> {
   return out;
 }
 
-function ext(start: number, length: number, depth: number, present: boolean, zero: boolean, data: boolean, offset?: number): Extent {
+function ext(
+  start: number,
+  length: number,
+  depth: number,
+  present: boolean,
+  zero: boolean,
+  data: boolean,
+  offset?: number,
+): Extent {
   const e: Extent = { start: start * C, length: length * C, depth, present, zero, data, compressed: false };
   if (offset !== undefined) e.offset = offset;
   return e;
@@ -29,8 +40,16 @@ describe("blockStatusAbove", () => {
     const bottom = layer("DDDD");
     const middle = layer(".Z..", { backing: bottom });
     const top = layer("..D.", { backing: middle });
-    expect(await blockStatusAbove(top, undefined, 0, C)).toMatchObject({ depth: 2, present: true, status: { data: true } });
-    expect(await blockStatusAbove(top, undefined, C, C)).toMatchObject({ depth: 1, present: true, status: { zero: true } });
+    expect(await blockStatusAbove(top, undefined, 0, C)).toMatchObject({
+      depth: 2,
+      present: true,
+      status: { data: true },
+    });
+    expect(await blockStatusAbove(top, undefined, C, C)).toMatchObject({
+      depth: 1,
+      present: true,
+      status: { zero: true },
+    });
     expect(await blockStatusAbove(top, undefined, 2 * C, C)).toMatchObject({ depth: 0, present: true });
   });
 
@@ -38,24 +57,42 @@ describe("blockStatusAbove", () => {
     const bottom = layer("....");
     const top = layer("....", { backing: layer("....", { backing: bottom }) });
     const answer = await blockStatusAbove(top, undefined, 0, 4 * C);
-    expect(answer).toMatchObject({ depth: 2, present: false, status: { zero: true, data: false, length: 4 * C } });
-    expect(await blockStatusAbove(bottom, undefined, 0, C)).toMatchObject({ depth: 0, present: false, status: { zero: true } });
+    expect(answer).toMatchObject({
+      depth: 2,
+      present: false,
+      status: { zero: true, data: false, length: 4 * C },
+    });
+    expect(await blockStatusAbove(bottom, undefined, 0, C)).toMatchObject({
+      depth: 0,
+      present: false,
+      status: { zero: true },
+    });
   });
 
   it("stops above base: a run falling through to base is unknown, not zero", async () => {
     const base = layer("DDDD");
     const mid = layer("D...", { backing: base });
     const top = layer(".D..", { backing: mid });
-    expect(await blockStatusAbove(top, mid, 0, C)).toMatchObject({ depth: 0, present: false, status: { zero: false, data: false } });
+    expect(await blockStatusAbove(top, mid, 0, C)).toMatchObject({
+      depth: 0,
+      present: false,
+      status: { zero: false, data: false },
+    });
     expect(await blockStatusAbove(top, base, 0, C)).toMatchObject({ depth: 1, present: true });
-    expect(await blockStatusAbove(top, base, 2 * C, C)).toMatchObject({ depth: 1, present: false, status: { zero: false } });
+    expect(await blockStatusAbove(top, base, 2 * C, C)).toMatchObject({
+      depth: 1,
+      present: false,
+      status: { zero: false },
+    });
     // base and below are never consulted
     expect(base.callsOf("blockStatus")).toHaveLength(0);
   });
 
   it("rejects a base that is not below the top", async () => {
     const top = layer("....");
-    await expect(blockStatusAbove(top, layer("...."), 0, C)).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+    await expect(blockStatusAbove(top, layer("...."), 0, C)).rejects.toMatchObject({
+      code: "INVALID_ARGUMENT",
+    });
     await expect(blockStatusAbove(top, top, 0, C)).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
   });
 
@@ -63,20 +100,33 @@ describe("blockStatusAbove", () => {
     const bottom = layer("DDDDDDDD");
     const top = layer("........", { backing: layer("..DDDDDD", { backing: bottom }) });
     // top says 8 clusters unallocated, middle says 2: the answer must be the bottom's data, 2 clusters long
-    expect(await blockStatusAbove(top, undefined, 0, 8 * C)).toMatchObject({ depth: 2, status: { length: 2 * C } });
+    expect(await blockStatusAbove(top, undefined, 0, 8 * C)).toMatchObject({
+      depth: 2,
+      status: { length: 2 * C },
+    });
     expect(await blockStatusAbove(top, undefined, 0, 100)).toMatchObject({ status: { length: 100 } });
   });
 
   it("reads past a short backing as unallocated zeros at the depth of the layer above it", async () => {
     const short = layer("DD");
     const top = layer("....", { backing: short });
-    expect(await blockStatusAbove(top, undefined, 0, 4 * C)).toMatchObject({ depth: 1, present: true, status: { length: 2 * C } });
-    expect(await blockStatusAbove(top, undefined, 2 * C, 2 * C)).toMatchObject({ depth: 0, present: false, status: { zero: true } });
+    expect(await blockStatusAbove(top, undefined, 0, 4 * C)).toMatchObject({
+      depth: 1,
+      present: true,
+      status: { length: 2 * C },
+    });
+    expect(await blockStatusAbove(top, undefined, 2 * C, 2 * C)).toMatchObject({
+      depth: 0,
+      present: false,
+      status: { zero: true },
+    });
   });
 
   it("validates the range", async () => {
     const top = layer("....");
-    await expect(blockStatusAbove(top, undefined, 3 * C, 2 * C)).rejects.toMatchObject({ code: "OUT_OF_RANGE" });
+    await expect(blockStatusAbove(top, undefined, 3 * C, 2 * C)).rejects.toMatchObject({
+      code: "OUT_OF_RANGE",
+    });
     await expect(blockStatusAbove(top, undefined, -1, 1)).rejects.toMatchObject({ code: "OUT_OF_RANGE" });
     await expect(blockStatusAbove(top, undefined, 0.5, 1)).rejects.toMatchObject({ code: "OUT_OF_RANGE" });
   });
@@ -101,7 +151,10 @@ describe("mapExtents", () => {
   it("merges runs across layer answers but not across depths", async () => {
     const bottom = layer("DDDD");
     const top = layer("DD..", { backing: bottom });
-    expect(await collect(mapExtents(top))).toEqual([ext(0, 2, 0, true, false, true), ext(2, 2, 1, true, false, true)]);
+    expect(await collect(mapExtents(top))).toEqual([
+      ext(0, 2, 0, true, false, true),
+      ext(2, 2, 1, true, false, true),
+    ]);
   });
 
   it("maps a sub-range and honours base", async () => {

@@ -22,15 +22,22 @@ export function layersAbove(top: BlockImage, base: BlockImage | undefined): numb
   let count = 0;
   for (let layer: BlockImage | undefined = top; layer !== undefined; layer = layer.backing) {
     if (layer === base) {
-      if (count === 0) throw new EngineError("INVALID_ARGUMENT", "base must lie below the top image", { reason: "BAD_BASE" });
+      if (count === 0)
+        throw new EngineError("INVALID_ARGUMENT", "base must lie below the top image", {
+          reason: "BAD_BASE",
+        });
       return count;
     }
     if (++count > MAX_CHAIN_DEPTH) {
-      throw new EngineError("INVALID_ARGUMENT", `backing chain deeper than ${MAX_CHAIN_DEPTH}`, { reason: "CHAIN_TOO_DEEP" });
+      throw new EngineError("INVALID_ARGUMENT", `backing chain deeper than ${MAX_CHAIN_DEPTH}`, {
+        reason: "CHAIN_TOO_DEEP",
+      });
     }
   }
   if (base !== undefined) {
-    throw new EngineError("INVALID_ARGUMENT", "base is not in the backing chain of the image", { reason: "BAD_BASE" });
+    throw new EngineError("INVALID_ARGUMENT", "base is not in the backing chain of the image", {
+      reason: "BAD_BASE",
+    });
   }
   return count;
 }
@@ -70,9 +77,16 @@ export async function walkChain(
   let remaining = Math.min(length, top.virtualSize - offset);
   for (let depth = 0; ; depth++) {
     throwIfAborted(opts?.signal);
-    const answer = await layer.blockStatus(offset, remaining, opts?.signal === undefined ? {} : { signal: opts.signal });
+    const answer = await layer.blockStatus(
+      offset,
+      remaining,
+      opts?.signal === undefined ? {} : { signal: opts.signal },
+    );
     if (!Number.isSafeInteger(answer.length) || answer.length <= 0) {
-      throw new EngineError("INTERNAL", `${layer.format} block status at ${offset} returned length ${answer.length}`);
+      throw new EngineError(
+        "INTERNAL",
+        `${layer.format} block status at ${offset} returned length ${answer.length}`,
+      );
     }
     remaining = Math.min(remaining, answer.length);
     if (answer.allocated) {

@@ -50,7 +50,9 @@ describe("ExtentBuilder", () => {
   });
 
   it("drops zero-length extents and extents past the end", () => {
-    expect(build(0, 100, [ext(0, 0), ext(0, 100), ext(100, 0), ext(100, 50, { zero: true })])).toEqual([ext(0, 100)]);
+    expect(build(0, 100, [ext(0, 0), ext(0, 100), ext(100, 0), ext(100, 50, { zero: true })])).toEqual([
+      ext(0, 100),
+    ]);
   });
 
   it("rejects gaps, overlaps and a late first extent", () => {

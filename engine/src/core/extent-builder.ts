@@ -54,10 +54,16 @@ export class ExtentBuilder {
     if (extent.length === 0) return;
     if (this.cursor === undefined) {
       if (extent.start > this.start) {
-        throw new EngineError("INTERNAL", `first extent starts at ${extent.start}, after the range start ${this.start}`);
+        throw new EngineError(
+          "INTERNAL",
+          `first extent starts at ${extent.start}, after the range start ${this.start}`,
+        );
       }
     } else if (extent.start !== this.cursor) {
-      throw new EngineError("INTERNAL", `extent at ${extent.start} does not continue the previous one ending at ${this.cursor}`);
+      throw new EngineError(
+        "INTERNAL",
+        `extent at ${extent.start} does not continue the previous one ending at ${this.cursor}`,
+      );
     }
     const extentEnd = extent.start + extent.length;
     this.cursor = extentEnd;
@@ -86,7 +92,10 @@ export class ExtentBuilder {
   finish(): Extent[] {
     if (this.finished) throw new EngineError("INTERNAL", "finish() called twice");
     if (this.start < this.end && !this.complete) {
-      throw new EngineError("INTERNAL", `extents cover [${this.start}, ${this.position}) of [${this.start}, ${this.end})`);
+      throw new EngineError(
+        "INTERNAL",
+        `extents cover [${this.start}, ${this.position}) of [${this.start}, ${this.end})`,
+      );
     }
     this.finished = true;
     const out = this.drain();

@@ -5,7 +5,10 @@ import { findZeroRuns, isAllZero } from "./zero-buffer.js";
 
 const C = 4096;
 
-function image(clusters = 64, opts: { zeroUnsupported?: boolean; maxTransfer?: number; readOnly?: boolean } = {}) {
+function image(
+  clusters = 64,
+  opts: { zeroUnsupported?: boolean; maxTransfer?: number; readOnly?: boolean } = {},
+) {
   return new ClusterLayer({
     clusterSize: C,
     clusters: new Array(clusters).fill("unallocated"),
@@ -30,6 +33,20 @@ describe("range validation", () => {
     await expect(discardAt(img, 0, 4 * C + 1)).rejects.toMatchObject({ code: "OUT_OF_RANGE" });
     await expect(readAt(img, 2 ** 60, 1)).rejects.toMatchObject({ code: "OUT_OF_RANGE" });
     expect(img.calls).toEqual([]);
+  });
+
+  it("refuses requests unaligned to a coarser requestAlignment", async () => {
+    const img = new ClusterLayer({
+      clusterSize: C,
+      clusters: ["data", "data"],
+      limits: { requestAlignment: 512 },
+    });
+    await expect(readAt(img, 100, 512)).rejects.toMatchObject({
+      code: "INVALID_ARGUMENT",
+      reason: "UNALIGNED_REQUEST",
+    });
+    await expect(writeAt(img, 0, new Uint8Array(100))).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+    expect(await readAt(img, 512, 1024)).toHaveLength(1024);
   });
 
   it("refuses writes to a read-only image", async () => {
@@ -68,7 +85,9 @@ describe("readAt / writeAt", () => {
     const img = image();
     const controller = new AbortController();
     controller.abort();
-    await expect(writeAt(img, 0, pattern(20 * C), { signal: controller.signal })).rejects.toMatchObject({ code: "CANCELLED" });
+    await expect(writeAt(img, 0, pattern(20 * C), { signal: controller.signal })).rejects.toMatchObject({
+      code: "CANCELLED",
+    });
     expect(img.callsOf("write")).toEqual([]);
   });
 
@@ -132,7 +151,9 @@ describe("writeZeroesAt", () => {
     await writeZeroesAt(img, 0, 64 * C);
     expect(img.callsOf("write").every((c) => c.length <= 4 * 1024 * 1024)).toBe(true);
     expect(img.clusters.every((c) => c === "data")).toBe(true);
-    await expect(writeZeroesAt(img, 0, C, { noFallback: true })).rejects.toMatchObject({ code: "UNSUPPORTED" });
+    await expect(writeZeroesAt(img, 0, C, { noFallback: true })).rejects.toMatchObject({
+      code: "UNSUPPORTED",
+    });
   });
 
   it("emulates FUA", async () => {
@@ -160,7 +181,9 @@ describe("discardAt, flushImage, truncateImage", () => {
     await flushImage(ro);
     expect(ro.calls).toEqual([]);
     const img = image(4);
-    await expect(truncateImage(img, 2 * C, { prealloc: "full" })).rejects.toMatchObject({ code: "UNSUPPORTED" });
+    await expect(truncateImage(img, 2 * C, { prealloc: "full" })).rejects.toMatchObject({
+      code: "UNSUPPORTED",
+    });
     await expect(truncateImage(img, -5, { prealloc: "off" })).rejects.toMatchObject({ code: "OUT_OF_RANGE" });
     await truncateImage(img, 4 * C, { prealloc: "off" });
     expect(img.callsOf("truncate")).toEqual([]);

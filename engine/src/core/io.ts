@@ -1,7 +1,14 @@
 import type { BlockImage, TruncateOptions } from "../block-image.js";
 import { EngineError, throwIfAborted } from "../errors.js";
 import type { IoOptions, ZeroDetection, ZeroOptions } from "../types.js";
-import { assertByteCount, assertInImage, assertWritable, splitAtAlignment, splitRange } from "./range.js";
+import {
+  assertAligned,
+  assertByteCount,
+  assertInImage,
+  assertWritable,
+  splitAtAlignment,
+  splitRange,
+} from "./range.js";
 import { findZeroRuns, sharedZeroBuffer, ZERO_BUFFER_SIZE } from "./zero-buffer.js";
 
 /**
@@ -24,8 +31,18 @@ function driverOptions(opts: IoOptions | undefined): IoOptions {
 }
 
 /** Reads `length` bytes into a new buffer, or fills `into` entirely. */
-export async function readAt(img: BlockImage, offset: number, length: number, opts?: IoOptions): Promise<Uint8Array>;
-export async function readAt(img: BlockImage, offset: number, into: Uint8Array, opts?: IoOptions): Promise<Uint8Array>;
+export async function readAt(
+  img: BlockImage,
+  offset: number,
+  length: number,
+  opts?: IoOptions,
+): Promise<Uint8Array>;
+export async function readAt(
+  img: BlockImage,
+  offset: number,
+  into: Uint8Array,
+  opts?: IoOptions,
+): Promise<Uint8Array>;
 export async function readAt(
   img: BlockImage,
   offset: number,
@@ -36,15 +53,20 @@ export async function readAt(
   if (typeof lengthOrInto === "number") {
     assertInImage(img, offset, lengthOrInto);
     if (lengthOrInto > MAX_READ_ALLOCATION) {
-      throw new EngineError("INVALID_ARGUMENT", `read of ${lengthOrInto} bytes exceeds ${MAX_READ_ALLOCATION}`, {
-        reason: "READ_TOO_LARGE",
-      });
+      throw new EngineError(
+        "INVALID_ARGUMENT",
+        `read of ${lengthOrInto} bytes exceeds ${MAX_READ_ALLOCATION}`,
+        {
+          reason: "READ_TOO_LARGE",
+        },
+      );
     }
     into = Buffer.allocUnsafe(lengthOrInto);
   } else {
     into = lengthOrInto;
     assertInImage(img, offset, into.length);
   }
+  assertAligned(img, offset, into.length);
   const options = driverOptions(opts);
   for (const [pos, len] of splitRange(offset, into.length, img.limits.maxTransfer)) {
     throwIfAborted(opts?.signal);
@@ -57,8 +79,14 @@ export async function readAt(
  * Writes `data` at `offset`. With zero detection on, whole zeroAlignment blocks of zeros become
  * writeZeroes requests (coalesced, so the driver sees few large ones) and only the rest is written.
  */
-export async function writeAt(img: BlockImage, offset: number, data: Uint8Array, opts?: WriteOptions): Promise<void> {
+export async function writeAt(
+  img: BlockImage,
+  offset: number,
+  data: Uint8Array,
+  opts?: WriteOptions,
+): Promise<void> {
   assertInImage(img, offset, data.length);
+  assertAligned(img, offset, data.length);
   assertWritable(img);
   if (data.length === 0) return;
   const detection = opts?.zeroDetection ?? "off";
@@ -73,15 +101,24 @@ export async function writeAt(img: BlockImage, offset: number, data: Uint8Array,
       }
       // The run's own bytes are zeros, so if the driver can't zero natively the cheapest fallback is
       // to write exactly those bytes rather than the shared zero buffer.
-      await zeroRange(img, offset + run.start, run.length, { ...opts, mayUnmap: detection === "unmap" }, (pos, len) =>
-        writeData(img, pos, data.subarray(pos - offset, pos - offset + len), opts),
+      await zeroRange(
+        img,
+        offset + run.start,
+        run.length,
+        { ...opts, mayUnmap: detection === "unmap" },
+        (pos, len) => writeData(img, pos, data.subarray(pos - offset, pos - offset + len), opts),
       );
     }
   }
   if (opts?.fua === true) await img.flush(driverOptions(opts));
 }
 
-async function writeData(img: BlockImage, offset: number, data: Uint8Array, opts: IoOptions | undefined): Promise<void> {
+async function writeData(
+  img: BlockImage,
+  offset: number,
+  data: Uint8Array,
+  opts: IoOptions | undefined,
+): Promise<void> {
   const options = driverOptions(opts);
   for (const [pos, len] of splitRange(offset, data.length, img.limits.maxTransfer)) {
     throwIfAborted(opts?.signal);
@@ -93,8 +130,14 @@ async function writeData(img: BlockImage, offset: number, data: Uint8Array, opts
  * Makes the range read as zeros. Drivers that cannot (UNSUPPORTED) get zero buffers written instead,
  * unless `noFallback` asks for the error (QEMU BDRV_REQ_NO_FALLBACK).
  */
-export async function writeZeroesAt(img: BlockImage, offset: number, length: number, opts?: ZeroOptions): Promise<void> {
+export async function writeZeroesAt(
+  img: BlockImage,
+  offset: number,
+  length: number,
+  opts?: ZeroOptions,
+): Promise<void> {
   assertInImage(img, offset, length);
+  assertAligned(img, offset, length);
   assertWritable(img);
   if (length === 0) return;
   await zeroRange(img, offset, length, opts, (pos, len) => writeZeroBuffers(img, pos, len, opts));
@@ -127,7 +170,12 @@ async function zeroRange(
   }
 }
 
-async function writeZeroBuffers(img: BlockImage, offset: number, length: number, opts: IoOptions | undefined): Promise<void> {
+async function writeZeroBuffers(
+  img: BlockImage,
+  offset: number,
+  length: number,
+  opts: IoOptions | undefined,
+): Promise<void> {
   const zeros = sharedZeroBuffer();
   const chunk = Math.min(ZERO_BUFFER_SIZE, img.limits.maxTransfer);
   const options = driverOptions(opts);
@@ -138,8 +186,14 @@ async function writeZeroBuffers(img: BlockImage, offset: number, length: number,
 }
 
 /** Frees the range where the driver can. Advisory: a driver without discard support makes this a no-op. */
-export async function discardAt(img: BlockImage, offset: number, length: number, opts?: IoOptions): Promise<void> {
+export async function discardAt(
+  img: BlockImage,
+  offset: number,
+  length: number,
+  opts?: IoOptions,
+): Promise<void> {
   assertInImage(img, offset, length);
+  assertAligned(img, offset, length);
   assertWritable(img);
   if (length === 0) return;
   const options = driverOptions(opts);

@@ -24,7 +24,8 @@ export function assertInImage(img: BlockImage, offset: number, length: number): 
 }
 
 export function assertWritable(img: BlockImage): void {
-  if (img.readOnly) throw new EngineError("READ_ONLY", "the image is open read-only", { reason: "IMAGE_READ_ONLY" });
+  if (img.readOnly)
+    throw new EngineError("READ_ONLY", "the image is open read-only", { reason: "IMAGE_READ_ONLY" });
 }
 
 /**
@@ -60,4 +61,24 @@ export function splitAtAlignment(offset: number, length: number, alignment: numb
   parts.push([alignedStart, alignedEnd - alignedStart]);
   if (end > alignedEnd) parts.push([alignedEnd, end - alignedEnd]);
   return parts;
+}
+
+/**
+ * Every driver today takes byte-granular requests (requestAlignment 1). For a driver that declares a
+ * coarser alignment the core refuses unaligned requests rather than doing an unserialised
+ * read-modify-write that concurrent writers could tear. The end of the image counts as aligned.
+ */
+export function assertAligned(img: BlockImage, offset: number, length: number): void {
+  const alignment = img.limits.requestAlignment;
+  if (alignment <= 1) return;
+  const end = offset + length;
+  if (offset % alignment !== 0 || (end % alignment !== 0 && end !== img.virtualSize)) {
+    throw new EngineError(
+      "INVALID_ARGUMENT",
+      `request ${offset}+${length} is not aligned to ${alignment} bytes`,
+      {
+        reason: "UNALIGNED_REQUEST",
+      },
+    );
+  }
 }

@@ -49,7 +49,7 @@ export function findZeroRuns(offset: number, data: Uint8Array, blockSize: number
     else runs.push({ start, length, zero });
   };
   const size = data.length;
-  const firstBlock = Math.min(size, (Math.ceil(offset / blockSize) * blockSize) - offset);
+  const firstBlock = Math.min(size, Math.ceil(offset / blockSize) * blockSize - offset);
   push(0, firstBlock, false);
   let pos = firstBlock;
   while (pos + blockSize <= size) {

@@ -421,7 +421,7 @@ describe("jobs, health and reflection", () => {
     await expectStatus(
       call(h.volumes, h.volumes.deleteVolume, { name: "busy", requestId: "" }),
       status.FAILED_PRECONDITION,
-      "VOLUME_IN_USE",
+      "VOLUME_BUSY",
     );
     stream.end();
   });

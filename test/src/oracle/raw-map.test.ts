@@ -22,7 +22,8 @@ type QemuMapEntry = Record<string, number | boolean>;
 
 async function qemuImgMap(path: string, range?: { start: number; length: number }): Promise<QemuMapEntry[]> {
   const args = ["map", "--output=json", "-f", "raw"];
-  if (range !== undefined) args.push("--start-offset", String(range.start), "--max-length", String(range.length));
+  if (range !== undefined)
+    args.push("--start-offset", String(range.start), "--max-length", String(range.length));
   args.push(path);
   const { stdout } = await run("qemu-img", args);
   return JSON.parse(stdout) as QemuMapEntry[];
@@ -31,7 +32,14 @@ async function qemuImgMap(path: string, range?: { start: number; length: number 
 /** Shapes vdisk's extents like qemu-img's entries: the same keys, in the same order (7.2 prints no "compressed"). */
 function asQemuPrints(extents: Extent[], printsCompressed: boolean): QemuMapEntry[] {
   return extents.map((e) => {
-    const entry: QemuMapEntry = { start: e.start, length: e.length, depth: e.depth, present: e.present, zero: e.zero, data: e.data };
+    const entry: QemuMapEntry = {
+      start: e.start,
+      length: e.length,
+      depth: e.depth,
+      present: e.present,
+      zero: e.zero,
+      data: e.data,
+    };
     if (printsCompressed) entry.compressed = e.compressed;
     if (e.offset !== undefined) entry.offset = e.offset;
     return entry;
@@ -49,7 +57,9 @@ let counter = 0;
 
 beforeAll(async () => {
   const { stdout } = await run("qemu-img", ["--version"]).catch((error: unknown) => {
-    throw new Error(`qemu-img is required for the oracle tests (Debian: apt-get install qemu-utils): ${String(error)}`);
+    throw new Error(
+      `qemu-img is required for the oracle tests (Debian: apt-get install qemu-utils): ${String(error)}`,
+    );
   });
   expect(stdout).toMatch(/qemu-img version/);
   await mkdir("/tmp/core-helper", { recursive: true });
@@ -73,14 +83,19 @@ async function fixture(size: number, prealloc: PreallocMode = "off"): Promise<Fi
   return { path, file, img };
 }
 
-async function expectSameMap(f: Fixture, ranges: Array<{ start: number; length: number }> = []): Promise<Extent[]> {
+async function expectSameMap(
+  f: Fixture,
+  ranges: Array<{ start: number; length: number }> = [],
+): Promise<Extent[]> {
   await f.img.flush();
   const qemu = await qemuImgMap(f.path);
   const printsCompressed = qemu.some((entry) => "compressed" in entry);
   const ours = await vdiskMap(f.img);
   expect(asQemuPrints(ours, printsCompressed)).toEqual(qemu);
   for (const range of ranges) {
-    expect(asQemuPrints(await vdiskMap(f.img, range), printsCompressed)).toEqual(await qemuImgMap(f.path, range));
+    expect(asQemuPrints(await vdiskMap(f.img, range), printsCompressed)).toEqual(
+      await qemuImgMap(f.path, range),
+    );
   }
   return ours;
 }

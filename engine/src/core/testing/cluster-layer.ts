@@ -78,8 +78,10 @@ export class ClusterLayer implements BlockImage {
       const runEnd = Math.min(into.length, (cluster + 1) * this.clusterSize - offset);
       const target = into.subarray(pos, runEnd);
       const state = this.clusters[cluster];
-      if (state === "data" || state === "compressed") target.set(this.bytes.subarray(offset + pos, offset + runEnd));
-      else if (state === "unallocated" && this.backing !== undefined) await this.readBacking(offset + pos, target);
+      if (state === "data" || state === "compressed")
+        target.set(this.bytes.subarray(offset + pos, offset + runEnd));
+      else if (state === "unallocated" && this.backing !== undefined)
+        await this.readBacking(offset + pos, target);
       else target.fill(0);
       pos = runEnd;
     }
@@ -106,14 +108,16 @@ export class ClusterLayer implements BlockImage {
       throw new EngineError("UNSUPPORTED", "zeroes must cover whole clusters");
     }
     this.bytes.fill(0, offset, offset + length);
-    for (let c = offset / this.clusterSize; c < (offset + length) / this.clusterSize; c++) this.clusters[c] = "zero";
+    for (let c = offset / this.clusterSize; c < (offset + length) / this.clusterSize; c++)
+      this.clusters[c] = "zero";
   }
 
   async discard(offset: number, length: number): Promise<void> {
     this.calls.push({ op: "discard", offset, length });
     if (offset % this.clusterSize !== 0 || length % this.clusterSize !== 0) return;
     this.bytes.fill(0, offset, offset + length);
-    for (let c = offset / this.clusterSize; c < (offset + length) / this.clusterSize; c++) this.clusters[c] = "zero";
+    for (let c = offset / this.clusterSize; c < (offset + length) / this.clusterSize; c++)
+      this.clusters[c] = "zero";
   }
 
   async blockStatus(offset: number, length: number): Promise<LayerStatus> {
@@ -131,7 +135,8 @@ export class ClusterLayer implements BlockImage {
       zero: state === "zero",
     };
     if (state === "compressed") status.compressed = true;
-    if (state === "data" && this.hostOffsetBase !== undefined) status.hostOffset = this.hostOffsetBase + offset;
+    if (state === "data" && this.hostOffsetBase !== undefined)
+      status.hostOffset = this.hostOffsetBase + offset;
     return status;
   }
 

@@ -39,7 +39,12 @@ export async function preallocate(
   else await writeZeroChunks(file, from, to, opts);
 }
 
-async function fallocateChunks(file: HostFile, from: number, to: number, opts: PreallocateOptions): Promise<void> {
+async function fallocateChunks(
+  file: HostFile,
+  from: number,
+  to: number,
+  opts: PreallocateOptions,
+): Promise<void> {
   const total = to - from;
   opts.onProgress?.(0, total, "preallocate");
   for (let pos = from; pos < to; pos += FALLOC_CHUNK) {
@@ -50,7 +55,12 @@ async function fallocateChunks(file: HostFile, from: number, to: number, opts: P
   }
 }
 
-async function writeZeroChunks(file: HostFile, from: number, to: number, opts: PreallocateOptions): Promise<void> {
+async function writeZeroChunks(
+  file: HostFile,
+  from: number,
+  to: number,
+  opts: PreallocateOptions,
+): Promise<void> {
   const total = to - from;
   const zeros = new Uint8Array(FULL_CHUNK);
   let next = from;

@@ -26,7 +26,11 @@ function newPath(): string {
   return join(dir, `img-${++counter}.raw`);
 }
 
-async function createRaw(size: number, prealloc: PreallocMode, extra: { preallocBytes?: number } = {}): Promise<string> {
+async function createRaw(
+  size: number,
+  prealloc: PreallocMode,
+  extra: { preallocBytes?: number } = {},
+): Promise<string> {
   const path = newPath();
   const file = await openHostFile(path, { readOnly: false, create: "new" });
   try {
@@ -66,10 +70,14 @@ describe("raw create", () => {
     const path = newPath();
     const file = await openHostFile(path, { readOnly: false, create: "new" });
     const progress: number[] = [];
-    await rawDriver.create(file, { size: 10 * MiB, prealloc: "full", onProgress: (done, total) => {
-      expect(total).toBe(10 * MiB);
-      progress.push(done);
-    } });
+    await rawDriver.create(file, {
+      size: 10 * MiB,
+      prealloc: "full",
+      onProgress: (done, total) => {
+        expect(total).toBe(10 * MiB);
+        progress.push(done);
+      },
+    });
     await file.close();
     expect((await stat(path)).size).toBe(10 * MiB);
     expect(await allocated(path)).toBeGreaterThanOrEqual(10 * MiB);
@@ -93,7 +101,9 @@ describe("raw create", () => {
       code: "INVALID_ARGUMENT",
       message: "metadata preallocation is not supported for raw",
     });
-    await expect(rawDriver.create(file, { size: -1, prealloc: "off" })).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+    await expect(rawDriver.create(file, { size: -1, prealloc: "off" })).rejects.toMatchObject({
+      code: "INVALID_ARGUMENT",
+    });
     await file.close();
   });
 
@@ -127,7 +137,12 @@ describe("raw image", () => {
     const data = Buffer.alloc(100_000, 0x5a);
     await writeAt(img, 12345, data);
     expect(Buffer.from(await readAt(img, 12345, data.length)).equals(data)).toBe(true);
-    expect(img.limits).toEqual({ requestAlignment: 1, maxTransfer: 32 * MiB, zeroAlignment: 4096, discardAlignment: 4096 });
+    expect(img.limits).toEqual({
+      requestAlignment: 1,
+      maxTransfer: 32 * MiB,
+      zeroAlignment: 4096,
+      discardAlignment: 4096,
+    });
     expect(img.details()).toEqual({});
     expect(await img.check({ repair: "none" })).toMatchObject({ corruptions: 0, leaks: 0, checkErrors: 0 });
     await expect(img.setBackingLink(undefined, undefined)).rejects.toMatchObject({ code: "UNSUPPORTED" });
@@ -138,7 +153,13 @@ describe("raw image", () => {
   it("blockStatus reports data and holes from SEEK_DATA, host offset = guest offset", async () => {
     const { img } = await openRaw(await createRaw(1 * MiB, "off"));
     await writeAt(img, 64 * 1024, Buffer.alloc(4096, 1));
-    expect(await img.blockStatus(0, MiB)).toEqual({ length: 65536, allocated: true, data: false, zero: true, hostOffset: 0 });
+    expect(await img.blockStatus(0, MiB)).toEqual({
+      length: 65536,
+      allocated: true,
+      data: false,
+      zero: true,
+      hostOffset: 0,
+    });
     expect(await img.blockStatus(65536, MiB - 65536)).toEqual({
       length: 4096,
       allocated: true,
@@ -146,7 +167,12 @@ describe("raw image", () => {
       zero: false,
       hostOffset: 65536,
     });
-    expect(await img.blockStatus(69632, 4096)).toMatchObject({ length: MiB - 69632, data: false, zero: true, hostOffset: 69632 });
+    expect(await img.blockStatus(69632, 4096)).toMatchObject({
+      length: MiB - 69632,
+      data: false,
+      zero: true,
+      hostOffset: 69632,
+    });
     await img.close();
   });
 
@@ -199,7 +225,9 @@ describe("raw image", () => {
     expect(img.virtualSize).toBe(6 * MiB);
     expect((await stat(path)).size).toBe(6 * MiB);
     await expect(img.truncate(MiB, { prealloc: "falloc" })).rejects.toMatchObject({ code: "UNSUPPORTED" });
-    await expect(truncateImage(img, 7 * MiB, { prealloc: "metadata" })).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+    await expect(truncateImage(img, 7 * MiB, { prealloc: "metadata" })).rejects.toMatchObject({
+      code: "INVALID_ARGUMENT",
+    });
     await truncateImage(img, MiB, { prealloc: "off" });
     expect((await stat(path)).size).toBe(MiB);
     expect(img.virtualSize).toBe(MiB);
@@ -213,7 +241,9 @@ describe("raw image", () => {
     expect(img.readOnly).toBe(true);
     await expect(writeAt(img, 0, Buffer.alloc(1))).rejects.toMatchObject({ code: "READ_ONLY" });
     const second = await openHostFile(path, { readOnly: true });
-    await expect(rawDriver.open(second, { readOnly: true, backing: img })).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+    await expect(rawDriver.open(second, { readOnly: true, backing: img })).rejects.toMatchObject({
+      code: "INVALID_ARGUMENT",
+    });
     await second.close();
     await img.close();
   });

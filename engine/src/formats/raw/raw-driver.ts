@@ -9,16 +9,22 @@ const RAW_PROBE_CONFIDENCE = 1;
 
 function assertSize(value: number, what: string): void {
   if (!Number.isSafeInteger(value) || value < 0) {
-    throw new EngineError("INVALID_ARGUMENT", `${what} must be a non-negative integer below 2^53, got ${value}`, {
-      reason: "BAD_SIZE",
-    });
+    throw new EngineError(
+      "INVALID_ARGUMENT",
+      `${what} must be a non-negative integer below 2^53, got ${value}`,
+      {
+        reason: "BAD_SIZE",
+      },
+    );
   }
 }
 
 async function create(file: HostFile, opts: CreateOptions): Promise<void> {
   assertSize(opts.size, "size");
   if (opts.backing !== undefined) {
-    throw new EngineError("INVALID_ARGUMENT", "raw images cannot have a backing file", { reason: "RAW_NO_BACKING" });
+    throw new EngineError("INVALID_ARGUMENT", "raw images cannot have a backing file", {
+      reason: "RAW_NO_BACKING",
+    });
   }
   if (opts.prealloc === "metadata") {
     throw new EngineError("INVALID_ARGUMENT", "metadata preallocation is not supported for raw", {
@@ -29,14 +35,19 @@ async function create(file: HostFile, opts: CreateOptions): Promise<void> {
   const size = roundUpToSector(opts.size);
   const preallocated = Math.min(opts.preallocBytes ?? size, size);
   assertSize(preallocated, "preallocated bytes");
-  await preallocate(file, 0, preallocated, opts.prealloc, { signal: opts.signal, onProgress: opts.onProgress });
+  await preallocate(file, 0, preallocated, opts.prealloc, {
+    signal: opts.signal,
+    onProgress: opts.onProgress,
+  });
   // Sets the size in every mode: the thin remainder past a partial preallocation stays a hole.
   await file.truncate(size);
 }
 
 async function open(file: HostFile, opts: OpenOptions): Promise<BlockImage> {
   if (opts.backing !== undefined) {
-    throw new EngineError("INVALID_ARGUMENT", "raw images cannot have a backing file", { reason: "RAW_NO_BACKING" });
+    throw new EngineError("INVALID_ARGUMENT", "raw images cannot have a backing file", {
+      reason: "RAW_NO_BACKING",
+    });
   }
   const size = await file.size();
   return new RawImage(file, size, opts.readOnly || file.readOnly);

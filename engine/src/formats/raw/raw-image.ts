@@ -109,7 +109,9 @@ export class RawImage implements BlockImage {
     }
     const holeStart = await this.file.seekHole(offset);
     if (holeStart <= offset) {
-      throw new EngineError("IO", `SEEK_HOLE at ${offset} returned ${holeStart} inside data`, { reason: "HOST_SEEK_INCONSISTENT" });
+      throw new EngineError("IO", `SEEK_HOLE at ${offset} returned ${holeStart} inside data`, {
+        reason: "HOST_SEEK_INCONSISTENT",
+      });
     }
     return { length: holeStart - offset, allocated: true, data: true, zero: false, hostOffset: offset };
   }
@@ -117,12 +119,17 @@ export class RawImage implements BlockImage {
   async truncate(newSize: number, opts: TruncateOptions): Promise<void> {
     const oldSize = this.size;
     if (newSize < oldSize && opts.prealloc !== "off") {
-      throw new EngineError("UNSUPPORTED", "shrinking requires preallocation off", { reason: "SHRINK_WITH_PREALLOCATION" });
+      throw new EngineError("UNSUPPORTED", "shrinking requires preallocation off", {
+        reason: "SHRINK_WITH_PREALLOCATION",
+      });
     }
     if (newSize > oldSize) {
       // From the file's real end: a sub-sector tail past EOF belongs to the grown area too.
       const fileEnd = Math.min(oldSize, await this.file.size());
-      await preallocate(this.file, fileEnd, newSize, opts.prealloc, { signal: opts.signal, onProgress: opts.onProgress });
+      await preallocate(this.file, fileEnd, newSize, opts.prealloc, {
+        signal: opts.signal,
+        onProgress: opts.onProgress,
+      });
     }
     await this.file.truncate(newSize);
     this.size = roundUpToSector(newSize);
@@ -137,7 +144,9 @@ export class RawImage implements BlockImage {
   }
 
   async setBackingLink(_link: BackingLink | undefined, _backing: BlockImage | undefined): Promise<void> {
-    throw new EngineError("UNSUPPORTED", "raw images cannot have a backing file", { reason: "RAW_NO_BACKING" });
+    throw new EngineError("UNSUPPORTED", "raw images cannot have a backing file", {
+      reason: "RAW_NO_BACKING",
+    });
   }
 
   details(): FormatDetails {
