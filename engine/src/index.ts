@@ -1,7 +1,9 @@
+/** @vdisk/engine — the format engine. Servers and jobs use the core API and drivers exported here. */
 export * from "./errors.js";
 export type * from "./types.js";
 export type * from "./block-image.js";
-export type * from "./host/host-file.js";
+export * from "./host/index.js";
 export * from "./core/index.js";
-export { openHostFile, type OpenHostFileOptions } from "./host/node-file.js";
-export { rawDriver, RAW_LIMITS } from "./formats/raw/index.js";
+export * from "./ops/index.js";
+export { rawDriver } from "./formats/raw/index.js";
+export { driverFor } from "./formats/registry.js";

@@ -4,7 +4,7 @@ import { fileURLToPath } from "node:url";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
 import { loadSync } from "@grpc/proto-loader";
 import { ReflectionService } from "@grpc/reflection";
-import { openHostFile, rawDriver } from "@vdisk/engine";
+import { driverFor, openHostFile } from "@vdisk/engine";
 import { HealthImplementation, type ServingStatus } from "grpc-health-check";
 import { SqliteCatalog } from "./catalog/sqlite-catalog.js";
 import { parseListen, type ServerConfig } from "./config.js";
@@ -54,7 +54,7 @@ export const CONNECTION_WINDOW_BYTES = 32 * MIB;
 export interface StartServerOptions {
   config: Pick<ServerConfig, "listen" | "pool" | "maxCapacity" | "reflection" | "maxJobs">;
   log: Logger;
-  /** Engine pieces; defaults to the real host file and the drivers merged so far. */
+  /** Engine pieces; defaults to the real host file and the engine's format registry. */
   engine?: EngineDeps;
   /** How long close() lets calls and jobs finish before forcing (ms). */
   shutdownTimeoutMs?: number;
@@ -69,7 +69,7 @@ export interface RunningServer {
 }
 
 export function defaultEngine(): EngineDeps {
-  return { openHostFile, drivers: { raw: rawDriver } };
+  return { openHostFile, driverFor };
 }
 
 export async function startServer(options: StartServerOptions): Promise<RunningServer> {

@@ -19,7 +19,6 @@ import { validateVolumeName } from "../pool/names.js";
 import { type CallContext, clientStream, failingStream, serverStream, unary } from "../rpc/adapt.js";
 import { formatFromWire, preallocFromWire, toNumber } from "../rpc/convert.js";
 import { unimplemented } from "../rpc/errors.js";
-import { driverFor } from "../volumes/image-registry.js";
 import { requireVolume, type ServiceContext } from "./context.js";
 import { jobEvent, volumeMessage } from "./volume-messages.js";
 
@@ -224,7 +223,7 @@ export class VolumeService {
     };
     const prealloc = spec.preallocation;
     const totalBytes = prealloc === "off" ? 0 : (spec.allocationBytes ?? spec.capacity);
-    const driver = driverFor(engine, spec.format);
+    const driver = engine.driverFor(spec.format);
 
     const work = async (job: JobContext): Promise<void> => {
       const temp = pool.tempPath(spec.name, spec.format);
