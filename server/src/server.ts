@@ -4,16 +4,17 @@ import { fileURLToPath } from "node:url";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
 import { loadSync } from "@grpc/proto-loader";
 import { ReflectionService } from "@grpc/reflection";
-import { openHostFile, rawDriver } from "@vdisk/engine";
+import { driverFor, openHostFile } from "@vdisk/engine";
 import { HealthImplementation, type ServingStatus } from "grpc-health-check";
 import { SqliteCatalog } from "./catalog/sqlite-catalog.js";
 import { parseListen, type ServerConfig } from "./config.js";
 import { JobRunner } from "./jobs/job-runner.js";
+import { VolumeLocks } from "./jobs/volume-locks.js";
 import type { Logger } from "./log.js";
 import { Pool } from "./pool/pool.js";
 import { reconcile } from "./pool/reconcile.js";
 import { AllocationService } from "./services/allocation-service.js";
-import { type ServiceContext, VolumeLeases } from "./services/context.js";
+import type { ServiceContext } from "./services/context.js";
 import { DataService } from "./services/data-service.js";
 import { JobService } from "./services/job-service.js";
 import { VolumeService } from "./services/volume-service.js";
@@ -53,7 +54,7 @@ export const CONNECTION_WINDOW_BYTES = 32 * MIB;
 export interface StartServerOptions {
   config: Pick<ServerConfig, "listen" | "pool" | "maxCapacity" | "reflection" | "maxJobs">;
   log: Logger;
-  /** Engine pieces; defaults to the real host file and the drivers merged so far. */
+  /** Engine pieces; defaults to the real host file and the engine's format registry. */
   engine?: EngineDeps;
   /** How long close() lets calls and jobs finish before forcing (ms). */
   shutdownTimeoutMs?: number;
@@ -68,7 +69,7 @@ export interface RunningServer {
 }
 
 export function defaultEngine(): EngineDeps {
-  return { openHostFile, drivers: { raw: rawDriver } };
+  return { openHostFile, driverFor };
 }
 
 export async function startServer(options: StartServerOptions): Promise<RunningServer> {
@@ -88,14 +89,24 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
 
   const shutdown = new AbortController();
   const images = new ImageRegistry(catalog, pool, engine);
-  const jobs = new JobRunner(catalog, log, config.maxJobs);
+  const locks = new VolumeLocks();
+  const jobs = new JobRunner({
+    store: catalog,
+    locks,
+    maxRunning: config.maxJobs,
+    onJobEnd: (job) =>
+      log.info(
+        { job: job.id, kind: job.kind, volume: job.volume, state: job.state, reason: job.error?.reason },
+        "job ended",
+      ),
+  });
   const ctx: ServiceContext = {
     catalog,
     pool,
     images,
     jobs,
     engine,
-    leases: new VolumeLeases(),
+    locks,
     adapter: { log, shutdown: shutdown.signal },
     log,
     maxCapacity: config.maxCapacity,

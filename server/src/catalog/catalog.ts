@@ -1,4 +1,7 @@
-import type { EngineErrorCode, FormatName, PreallocMode } from "@vdisk/engine";
+import type { FormatName, PreallocMode } from "@vdisk/engine";
+import type { JobKind, JobSnapshot, JobState, JobStore } from "../jobs/job-types.js";
+
+export type { JobKind, JobState };
 
 /**
  * The server's durable memory: volume records, jobs and request ids. An interface so that a shared
@@ -6,17 +9,6 @@ import type { EngineErrorCode, FormatName, PreallocMode } from "@vdisk/engine";
  * synchronous because the embedded implementation is; a networked one would wrap calls in a queue.
  */
 export type VolumeState = "CREATING" | "READY" | "DELETING" | "ERROR";
-export type JobState = "QUEUED" | "RUNNING" | "SUCCEEDED" | "FAILED" | "CANCELLED";
-export type JobKind =
-  | "CREATE_VOLUME"
-  | "RESIZE_VOLUME"
-  | "CLONE_VOLUME"
-  | "CHECK_VOLUME"
-  | "IMPORT_VOLUME"
-  | "ALLOCATE_RANGE"
-  | "FLATTEN_VOLUME";
-
-export const TERMINAL_JOB_STATES: readonly JobState[] = ["SUCCEEDED", "FAILED", "CANCELLED"];
 
 export interface VolumeRecord {
   name: string;
@@ -39,47 +31,14 @@ export interface VolumeRecord {
   errorMessage: string | undefined;
 }
 
-export interface JobProgressRecord {
-  doneBytes: number;
-  totalBytes: number;
-  phase: string;
-}
-
-/** A job's failure in engine terms; the RPC edge turns it into google.rpc.Status. */
-export interface JobErrorRecord {
-  code: EngineErrorCode;
-  message: string;
-  reason: string;
-}
-
-export interface JobRecord {
-  id: string;
-  kind: JobKind;
-  volume: string;
-  state: JobState;
-  progress: JobProgressRecord;
-  error: JobErrorRecord | undefined;
-  requestId: string | undefined;
-  cancelRequested: boolean;
-  createTime: number;
-  startTime: number | undefined;
-  endTime: number | undefined;
-}
+/** A job as the catalog stores it: the runner's snapshot (the typed result is not persisted). */
+export type JobRecord = JobSnapshot;
 
 export interface VolumePatch {
   state?: VolumeState;
   capacity?: number;
   labels?: Record<string, string>;
   errorMessage?: string | null;
-}
-
-export interface JobPatch {
-  state?: JobState;
-  progress?: JobProgressRecord;
-  error?: JobErrorRecord | null;
-  cancelRequested?: boolean;
-  startTime?: number;
-  endTime?: number;
 }
 
 export interface VolumeQuery {
@@ -99,7 +58,7 @@ export interface JobQuery {
   limit: number;
 }
 
-export interface Catalog {
+export interface Catalog extends JobStore {
   /** Throws ALREADY_EXISTS if the name is taken. */
   insertVolume(volume: VolumeRecord): void;
   getVolume(name: string): VolumeRecord | undefined;
@@ -111,14 +70,13 @@ export interface Catalog {
   /** Names of volumes whose backing is `name`. */
   dependantsOf(name: string): string[];
 
-  /** Throws ALREADY_EXISTS if the id or the request id is taken. */
-  insertJob(job: JobRecord): void;
+  /** Inserts or replaces the job's snapshot (JobStore). A request id already used by another job is ALREADY_EXISTS. */
+  saveJob(job: JobRecord): void;
   getJob(id: string): JobRecord | undefined;
   findJobByRequestId(requestId: string): JobRecord | undefined;
   /** The newest job of `kind` on `volume`. */
   latestJob(volume: string, kind: JobKind): JobRecord | undefined;
   listJobs(query: JobQuery): JobRecord[];
-  updateJob(id: string, patch: JobPatch): JobRecord;
 
   /** Runs `fn` atomically: either all its changes are stored or none. */
   transaction<T>(fn: () => T): T;

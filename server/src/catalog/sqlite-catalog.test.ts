@@ -66,12 +66,12 @@ describe("SqliteCatalog", () => {
     c.close();
   });
 
-  it("does job CRUD, request ids and listing", () => {
+  it("saves jobs (insert and update), finds them by request id, and lists them", () => {
     const c = SqliteCatalog.open(":memory:");
-    c.insertJob(jobRecord("j1", { requestId: "req-1", createTime: 1 }));
-    c.insertJob(jobRecord("j2", { createTime: 2, state: "RUNNING" }));
-    c.insertJob(jobRecord("j3", { createTime: 3, volume: "w", kind: "CHECK_VOLUME" }));
-    expect(() => c.insertJob(jobRecord("j4", { requestId: "req-1" }))).toThrow(/already exists/);
+    c.saveJob(jobRecord("j1", { requestId: "req-1", createTime: new Date(1) }));
+    c.saveJob(jobRecord("j2", { createTime: new Date(2), state: "RUNNING" }));
+    c.saveJob(jobRecord("j3", { createTime: new Date(3), volume: "w", kind: "CHECK_VOLUME" }));
+    expect(() => c.saveJob(jobRecord("j4", { requestId: "req-1" }))).toThrow(/already used/);
     expect(c.findJobByRequestId("req-1")?.id).toBe("j1");
     expect(c.findJobByRequestId("req-x")).toBeUndefined();
     expect(c.latestJob("v", "CREATE_VOLUME")?.id).toBe("j2");
@@ -82,20 +82,17 @@ describe("SqliteCatalog", () => {
       "j2",
       "j1",
     ]);
-    const failed = c.updateJob("j2", {
+    const failed = jobRecord("j2", {
+      createTime: new Date(2),
       state: "FAILED",
-      endTime: 9,
-      progress: { doneBytes: 50, totalBytes: 100, phase: "writing" },
-      error: { code: "NO_SPACE", message: "disk full", reason: "HOST_ENOSPC" },
+      startTime: new Date(5),
+      endTime: new Date(9),
+      progress: { doneBytes: 50, totalBytes: 100, bytesPerSecond: 10, etaSeconds: 0, phase: "writing" },
+      error: { code: "NO_SPACE", message: "disk full", reason: "HOST_ENOSPC", metadata: { volume: "v" } },
     });
-    expect(failed).toMatchObject({
-      state: "FAILED",
-      endTime: 9,
-      progress: { doneBytes: 50 },
-      error: { code: "NO_SPACE", reason: "HOST_ENOSPC" },
-    });
-    expect(c.updateJob("j2", { error: null }).error).toBeUndefined();
-    expect(() => c.updateJob("nope", { state: "FAILED" })).toThrow(/not found/);
+    c.saveJob(failed);
+    expect(c.getJob("j2")).toEqual(failed);
+    expect(c.getJob("j1")).toEqual(jobRecord("j1", { requestId: "req-1", createTime: new Date(1) }));
     c.close();
   });
 

@@ -5,10 +5,8 @@ import Database from "libsql";
 import type {
   Catalog,
   JobKind,
-  JobPatch,
   JobQuery,
   JobRecord,
-  JobState,
   VolumePatch,
   VolumeQuery,
   VolumeRecord,
@@ -49,6 +47,8 @@ const MIGRATIONS: readonly string[] = [
      error_code TEXT,
      error_message TEXT,
      error_reason TEXT,
+     error_metadata TEXT,
+     bytes_per_second INTEGER NOT NULL DEFAULT 0,
      request_id TEXT UNIQUE,
      cancel_requested INTEGER NOT NULL DEFAULT 0,
      create_time INTEGER NOT NULL,
@@ -88,6 +88,8 @@ interface JobRow {
   error_code: string | null;
   error_message: string | null;
   error_reason: string | null;
+  error_metadata: string | null;
+  bytes_per_second: number;
   request_id: string | null;
   cancel_requested: number;
   create_time: number;
@@ -231,13 +233,18 @@ export class SqliteCatalog implements Catalog {
     ).map((r) => r.name);
   }
 
-  insertJob(j: JobRecord): void {
+  saveJob(j: JobRecord): void {
     try {
       this.db
         .prepare(
           `INSERT INTO jobs (id, kind, volume, state, done_bytes, total_bytes, phase, error_code, error_message, error_reason,
-             request_id, cancel_requested, create_time, start_time, end_time)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+             error_metadata, bytes_per_second, request_id, cancel_requested, create_time, start_time, end_time)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT (id) DO UPDATE SET state = excluded.state, done_bytes = excluded.done_bytes,
+             total_bytes = excluded.total_bytes, phase = excluded.phase, error_code = excluded.error_code,
+             error_message = excluded.error_message, error_reason = excluded.error_reason,
+             error_metadata = excluded.error_metadata, bytes_per_second = excluded.bytes_per_second,
+             cancel_requested = excluded.cancel_requested, start_time = excluded.start_time, end_time = excluded.end_time`,
         )
         .run(
           j.id,
@@ -250,14 +257,20 @@ export class SqliteCatalog implements Catalog {
           j.error?.code ?? null,
           j.error?.message ?? null,
           j.error?.reason ?? null,
+          j.error === undefined ? null : JSON.stringify(j.error.metadata),
+          Math.round(j.progress.bytesPerSecond),
           j.requestId ?? null,
           j.cancelRequested ? 1 : 0,
-          j.createTime,
-          j.startTime ?? null,
-          j.endTime ?? null,
+          j.createTime.getTime(),
+          j.startTime?.getTime() ?? null,
+          j.endTime?.getTime() ?? null,
         );
     } catch (err) {
-      throw uniqueViolation(err, `job "${j.id}" or its request id already exists`, "JOB_EXISTS");
+      throw uniqueViolation(
+        err,
+        `request id of job "${j.id}" is already used by another job`,
+        "REQUEST_ID_REUSED",
+      );
     }
   }
 
@@ -304,37 +317,6 @@ export class SqliteCatalog implements Catalog {
     return (this.db.prepare(sql).all(...params) as JobRow[]).map(toJob);
   }
 
-  updateJob(id: string, patch: JobPatch): JobRecord {
-    const sets: string[] = [];
-    const params: unknown[] = [];
-    const assign = (column: string, value: unknown) => {
-      sets.push(`${column} = ?`);
-      params.push(value);
-    };
-    if (patch.state !== undefined) assign("state", patch.state);
-    if (patch.progress !== undefined) {
-      sets.push("done_bytes = ?", "total_bytes = ?", "phase = ?");
-      params.push(patch.progress.doneBytes, patch.progress.totalBytes, patch.progress.phase);
-    }
-    if (patch.error !== undefined) {
-      sets.push("error_code = ?", "error_message = ?", "error_reason = ?");
-      params.push(patch.error?.code ?? null, patch.error?.message ?? null, patch.error?.reason ?? null);
-    }
-    if (patch.cancelRequested !== undefined) assign("cancel_requested", patch.cancelRequested ? 1 : 0);
-    if (patch.startTime !== undefined) assign("start_time", patch.startTime);
-    if (patch.endTime !== undefined) assign("end_time", patch.endTime);
-    if (sets.length > 0) {
-      params.push(id);
-      const result = this.db.prepare(`UPDATE jobs SET ${sets.join(", ")} WHERE id = ?`).run(...params);
-      if (result.changes === 0)
-        throw new EngineError("NOT_FOUND", `job "${id}" not found`, { reason: "JOB_NOT_FOUND" });
-    }
-    const job = this.getJob(id);
-    if (job === undefined)
-      throw new EngineError("NOT_FOUND", `job "${id}" not found`, { reason: "JOB_NOT_FOUND" });
-    return job;
-  }
-
   transaction<T>(fn: () => T): T {
     return this.db.transaction(fn)();
   }
@@ -377,24 +359,31 @@ function toVolume(r: VolumeRow): VolumeRecord {
 }
 
 function toJob(r: JobRow): JobRecord {
-  return {
+  const job: JobRecord = {
     id: r.id,
-    kind: r.kind as JobKind,
+    kind: r.kind as JobRecord["kind"],
     volume: r.volume,
-    state: r.state as JobState,
-    progress: { doneBytes: r.done_bytes, totalBytes: r.total_bytes, phase: r.phase },
-    error:
-      r.error_code === null
-        ? undefined
-        : {
-            code: r.error_code as NonNullable<JobRecord["error"]>["code"],
-            message: r.error_message ?? "",
-            reason: r.error_reason ?? r.error_code,
-          },
-    requestId: r.request_id ?? undefined,
+    state: r.state as JobRecord["state"],
+    progress: {
+      doneBytes: r.done_bytes,
+      totalBytes: r.total_bytes,
+      bytesPerSecond: r.bytes_per_second,
+      etaSeconds: 0,
+      phase: r.phase,
+    },
+    createTime: new Date(r.create_time),
     cancelRequested: r.cancel_requested !== 0,
-    createTime: r.create_time,
-    startTime: r.start_time ?? undefined,
-    endTime: r.end_time ?? undefined,
   };
+  if (r.start_time !== null) job.startTime = new Date(r.start_time);
+  if (r.end_time !== null) job.endTime = new Date(r.end_time);
+  if (r.request_id !== null) job.requestId = r.request_id;
+  if (r.error_code !== null) {
+    job.error = {
+      code: r.error_code as NonNullable<JobRecord["error"]>["code"],
+      message: r.error_message ?? "",
+      reason: r.error_reason ?? r.error_code,
+      metadata: r.error_metadata === null ? {} : (JSON.parse(r.error_metadata) as Record<string, string>),
+    };
+  }
+  return job;
 }

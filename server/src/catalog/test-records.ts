@@ -28,13 +28,9 @@ export function jobRecord(id: string, overrides: Partial<JobRecord> = {}): JobRe
     kind: "CREATE_VOLUME",
     volume: "v",
     state: "QUEUED",
-    progress: { doneBytes: 0, totalBytes: 100, phase: "" },
-    error: undefined,
-    requestId: undefined,
+    progress: { doneBytes: 0, totalBytes: 100, bytesPerSecond: 0, etaSeconds: 0, phase: "" },
     cancelRequested: false,
-    createTime: 1000,
-    startTime: undefined,
-    endTime: undefined,
+    createTime: new Date(1000),
     ...overrides,
   };
 }

@@ -4,11 +4,12 @@ import { credentials, status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Preallocation, VolumeFormat, ZeroDetection } from "../gen/vdisk/v1/common.js";
 import type { ReadVolumeRequest, WriteVolumeRequest, WriteVolumeResponse } from "../gen/vdisk/v1/data.js";
-import { JobState } from "../gen/vdisk/v1/job.js";
+import { type JobEvent, JobState } from "../gen/vdisk/v1/job.js";
 import { VolumeState } from "../gen/vdisk/v1/volume_types.js";
 import {
   call,
   collect,
+  createRequest,
   createVolume,
   expectStatus,
   type Harness,
@@ -421,7 +422,7 @@ describe("jobs, health and reflection", () => {
     await expectStatus(
       call(h.volumes, h.volumes.deleteVolume, { name: "busy", requestId: "" }),
       status.FAILED_PRECONDITION,
-      "VOLUME_IN_USE",
+      "VOLUME_BUSY",
     );
     stream.end();
   });
@@ -450,3 +451,92 @@ async function loadHealthClient() {
   const pkg = grpc.loadPackageDefinition(def) as any;
   return { HealthClient: pkg.grpc.health.v1.Health };
 }
+
+describe("cancellation and transport", () => {
+  /** Note: returning from inside the for-await destroys the stream, which cancels the call. */
+  async function firstRunningEvent(stream: AsyncIterable<unknown>): Promise<string> {
+    for await (const event of stream) {
+      const job = (event as { job?: { id: string; state: number } }).job;
+      if (job?.state === JobState.JOB_STATE_RUNNING) return job.id;
+    }
+    throw new Error("stream ended before the job ran");
+  }
+
+  async function waitTerminal(id: string) {
+    for (;;) {
+      const { job } = await call(h.jobs, h.jobs.getJob, { id });
+      if (job !== undefined && job.state >= JobState.JOB_STATE_SUCCEEDED) return job;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  it("CancelJob stops a FULL preallocation and leaves nothing behind", async () => {
+    const stream = h.volumes.createVolume(
+      createRequest("cancelme", {
+        capacityBytes: 1024n ** 3n,
+        preallocation: Preallocation.PREALLOCATION_FULL,
+      }),
+    );
+    // Listen rather than `for await`: leaving a for-await early destroys the stream, i.e. cancels the call.
+    const events: JobEvent[] = [];
+    const ended = new Promise<void>((resolve, reject) => {
+      stream.on("end", resolve);
+      stream.on("error", reject);
+    });
+    const id = await new Promise<string>((resolve) => {
+      stream.on("data", (event: JobEvent) => {
+        events.push(event);
+        if (event.job?.state === JobState.JOB_STATE_RUNNING) resolve(event.job.id);
+      });
+    });
+    const { job: after } = await call(h.jobs, h.jobs.cancelJob, { id });
+    expect(after?.cancelRequested).toBe(true);
+    await ended;
+    const terminal = events[events.length - 1]?.job;
+    expect(terminal?.state).toBe(JobState.JOB_STATE_CANCELLED);
+    expect(terminal?.error?.code).toBe(status.CANCELLED);
+    await expectStatus(call(h.volumes, h.volumes.getVolume, { name: "cancelme" }), status.NOT_FOUND);
+    expect(fs.readdirSync(path.join(h.pool, ".vdisk", "tmp"))).toEqual([]);
+    expect(fs.existsSync(path.join(h.pool, "cancelme.raw"))).toBe(false);
+  });
+
+  it("cancels on disconnect only when asked", async () => {
+    const stream = h.volumes.createVolume(
+      createRequest("dropped", {
+        capacityBytes: 1024n ** 3n,
+        preallocation: Preallocation.PREALLOCATION_FULL,
+        cancelOnDisconnect: true,
+      }),
+    );
+    stream.on("error", () => {});
+    const id = await firstRunningEvent(stream);
+    stream.cancel();
+    expect((await waitTerminal(id)).state).toBe(JobState.JOB_STATE_CANCELLED);
+
+    const kept = h.volumes.createVolume(
+      createRequest("kept", {
+        capacityBytes: BigInt(16 * MIB),
+        preallocation: Preallocation.PREALLOCATION_FULL,
+      }),
+    );
+    kept.on("error", () => {});
+    let keptId = "";
+    for await (const event of kept) {
+      keptId = (event as JobEvent).job?.id ?? "";
+      break; // the first event carries the id; leaving the loop cancels the call
+    }
+    kept.cancel();
+    expect((await waitTerminal(keptId)).state).toBe(JobState.JOB_STATE_SUCCEEDED);
+  });
+
+  it("advertises larger HTTP/2 windows than Node's 64 KiB default", async () => {
+    const http2 = await import("node:http2");
+    const session = http2.connect(`http://127.0.0.1:${h.server.port}`);
+    const settings = await new Promise<{ initialWindowSize?: number }>((resolve, reject) => {
+      session.once("remoteSettings", resolve);
+      session.once("error", reject);
+    });
+    session.close();
+    expect(settings.initialWindowSize).toBe(8 * MIB);
+  });
+});

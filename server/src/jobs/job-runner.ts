@@ -1,287 +1,374 @@
 import { randomUUID } from "node:crypto";
-import { setTimeout as sleep } from "node:timers/promises";
 import { EngineError } from "@vdisk/engine";
-import type { Catalog, JobErrorRecord, JobKind, JobRecord } from "../catalog/catalog.js";
-import { TERMINAL_JOB_STATES } from "../catalog/catalog.js";
-import type { Logger } from "../log.js";
-import { toWireError } from "../rpc/errors.js";
+import { isTerminal, type JobKind, type JobProgress, type JobSnapshot, type JobStore } from "./job-types.js";
+import type { LockMode, VolumeLocks } from "./volume-locks.js";
 
+/** What a running job sees: its cancellation signal and a cheap progress reporter. */
 export interface JobContext {
-  /** Aborts on CancelJob, on cancel-on-disconnect, and on server shutdown. */
+  readonly jobId: string;
+  /** Fires on CancelJob, cancel-on-disconnect, and server shutdown. Check it at safe points only. */
   readonly signal: AbortSignal;
-  /** Reports progress; cheap to call often (snapshots are coalesced). `done` never goes backwards. */
+  /** Reports progress; `done` is clamped to be monotonic. Cheap: call as often as convenient. */
   progress(done: number, total: number, phase?: string): void;
+  /** Changes the phase without touching the byte counts. */
+  phase(phase: string): void;
 }
 
-export type JobWork = (ctx: JobContext) => Promise<void>;
-
-export interface JobSpec {
+export interface JobSpec<R> {
   kind: JobKind;
   volume: string;
-  requestId: string | undefined;
-  totalBytes: number;
+  requestId?: string;
+  /** Volumes the job holds for its whole life; a conflict fails the submit with VOLUME_BUSY. */
+  locks: { volume: string; mode: LockMode }[];
+  /** Initial estimate of bytes to process (0 if unknown). */
+  totalBytes?: number;
+  run(ctx: JobContext): Promise<R>;
 }
 
-/** Snapshot streams are coalesced to at most this many per second (latest wins). */
-const EVENTS_PER_SECOND = 10;
-/** Progress is persisted at most this often; the in-memory snapshot is always current. */
-const PERSIST_INTERVAL_MS = 1000;
+export interface JobRunnerOptions {
+  store: JobStore;
+  locks: VolumeLocks;
+  /** Jobs running at once; more wait QUEUED. */
+  maxRunning?: number;
+  /** Jobs admitted (running + queued); beyond it submits fail with RESOURCE_EXHAUSTED. */
+  maxAdmitted?: number;
+  /** Minimum gap between non-terminal snapshots sent to watchers (coalesced, latest wins). */
+  watchIntervalMs?: number;
+  /** Minimum gap between progress writes to the store. */
+  persistIntervalMs?: number;
+  onJobEnd?: (job: JobSnapshot) => void;
+}
 
 interface LiveJob {
-  record: JobRecord;
+  snapshot: JobSnapshot;
   controller: AbortController;
-  version: number;
-  changed: Promise<void>;
-  notify: () => void;
+  listeners: Set<() => void>;
+  releaseLocks: (() => void)[];
+  start: () => void;
+  /** Counted against maxRunning (set when the pump starts it, not when a queued job is cancelled). */
+  counted: boolean;
   lastPersist: number;
-  done: Promise<void>;
+  rate: RateMeter;
+  settled: Promise<void>;
+}
+
+/** Exponentially weighted throughput over progress reports, for bytes_per_second and ETA. */
+class RateMeter {
+  #lastTime = 0;
+  #lastDone = 0;
+  #rate = 0;
+  update(done: number, now: number): number {
+    if (this.#lastTime === 0) {
+      this.#lastTime = now;
+      this.#lastDone = done;
+      return 0;
+    }
+    const dt = (now - this.#lastTime) / 1000;
+    if (dt >= 0.2) {
+      const instant = (done - this.#lastDone) / dt;
+      this.#rate = this.#rate === 0 ? instant : 0.7 * this.#rate + 0.3 * instant;
+      this.#lastTime = now;
+      this.#lastDone = done;
+    }
+    return this.#rate;
+  }
 }
 
 /**
- * Runs background jobs: at most `maxJobs` at a time (others wait QUEUED), each with its own
- * AbortController owned by the runner (not by any RPC), progress kept as a latest-wins snapshot, and every
- * state change recorded in the catalog so reconcile can fail what a crash interrupted.
+ * Runs long operations as background jobs: QUEUED → RUNNING → SUCCEEDED | FAILED | CANCELLED.
+ * The runner owns each job's AbortController; callers come and go (watch, cancel) without affecting it.
+ * Snapshots are immutable and coalesced for watchers, so a slow watcher never queues stale progress.
  */
 export class JobRunner {
-  private readonly live = new Map<string, LiveJob>();
-  private running = 0;
-  private readonly waiting: (() => void)[] = [];
-  private closed = false;
+  readonly #opts: Required<Omit<JobRunnerOptions, "onJobEnd">> & Pick<JobRunnerOptions, "onJobEnd">;
+  readonly #live = new Map<string, LiveJob>();
+  readonly #queue: LiveJob[] = [];
+  #running = 0;
+  #closed = false;
 
-  constructor(
-    private readonly catalog: Catalog,
-    private readonly log: Logger,
-    private readonly maxJobs: number,
-  ) {}
-
-  /**
-   * Records a new QUEUED job — together with `alsoRecord` (e.g. the volume it creates) in one catalog
-   * transaction — and starts it. Returns the job's first snapshot.
-   */
-  start(
-    spec: JobSpec,
-    work: JobWork,
-    cleanup: (job: JobRecord, error: EngineError) => Promise<void>,
-    alsoRecord?: () => void,
-  ): JobRecord {
-    if (this.closed)
-      throw new EngineError("FAILED_PRECONDITION", "the server is shutting down", {
-        reason: "SERVER_SHUTDOWN",
-      });
-    const record: JobRecord = {
-      id: `job-${randomUUID()}`,
-      kind: spec.kind,
-      volume: spec.volume,
-      state: "QUEUED",
-      progress: { doneBytes: 0, totalBytes: spec.totalBytes, phase: "queued" },
-      error: undefined,
-      requestId: spec.requestId,
-      cancelRequested: false,
-      createTime: Date.now(),
-      startTime: undefined,
-      endTime: undefined,
-    };
-    this.catalog.transaction(() => {
-      alsoRecord?.();
-      this.catalog.insertJob(record);
-    });
-    const job = this.track(record);
-    job.done = this.execute(job, work, cleanup);
-    return { ...record };
-  }
-
-  /** The latest snapshot: live if the job runs in this process, else from the catalog. */
-  get(id: string): JobRecord | undefined {
-    const live = this.live.get(id);
-    return live !== undefined
-      ? { ...live.record, progress: { ...live.record.progress } }
-      : this.catalog.getJob(id);
-  }
-
-  isActive(volume: string): boolean {
-    for (const job of this.live.values()) if (job.record.volume === volume) return true;
-    return false;
-  }
-
-  /** Requests cancellation; the job stops at its next safe point. Unknown or finished jobs are left as they are. */
-  cancel(id: string): JobRecord | undefined {
-    const live = this.live.get(id);
-    if (live === undefined) return this.catalog.getJob(id);
-    if (!live.record.cancelRequested) {
-      live.record.cancelRequested = true;
-      this.catalog.updateJob(id, { cancelRequested: true });
-      live.controller.abort(
-        new EngineError("CANCELLED", "the job was cancelled", { reason: "JOB_CANCELLED" }),
-      );
-      this.bump(live);
-    }
-    return this.get(id);
+  constructor(opts: JobRunnerOptions) {
+    this.#opts = { maxRunning: 4, maxAdmitted: 64, watchIntervalMs: 100, persistIntervalMs: 1000, ...opts };
   }
 
   /**
-   * Streams snapshots of a job until it is terminal: the current one first, then coalesced updates (at
-   * most EVENTS_PER_SECOND; intermediate ones are skipped, never queued). Ends early if `signal` fires.
+   * Admits a job, or returns the existing one when `requestId` was seen before (`existing: true`).
+   * Fails with RESOURCE_EXHAUSTED past the admission limit, FAILED_PRECONDITION (VOLUME_BUSY) when
+   * another job or stream holds a volume it needs, UNAVAILABLE-like CANCELLED while shutting down.
    */
-  async *watch(id: string, signal: AbortSignal): AsyncGenerator<JobRecord> {
-    let seen = -1;
-    const aborted = abortPromise(signal);
-    for (;;) {
-      const live = this.live.get(id);
-      if (live === undefined) {
-        const stored = this.catalog.getJob(id);
-        if (stored !== undefined) yield stored;
-        return;
-      }
-      if (live.version !== seen) {
-        seen = live.version;
-        const snapshot = this.get(id) as JobRecord;
-        yield snapshot;
-        if (TERMINAL_JOB_STATES.includes(snapshot.state)) return;
-      }
-      if (signal.aborted) return;
-      await Promise.race([live.changed, aborted]);
-      if (signal.aborted) return;
-      if (!TERMINAL_JOB_STATES.includes(live.record.state))
-        await sleep(1000 / EVENTS_PER_SECOND, undefined, { signal }).catch(() => {});
+  submit<R>(spec: JobSpec<R>): { job: JobSnapshot<R>; existing: boolean } {
+    if (spec.requestId) {
+      const prior = this.get(spec.requestId, true);
+      if (prior) return { job: prior as JobSnapshot<R>, existing: true };
     }
-  }
-
-  /** Stops accepting jobs, aborts running ones, and waits (bounded) for them to clean up. */
-  async shutdown(timeoutMs: number): Promise<void> {
-    this.closed = true;
-    for (const job of this.live.values()) {
-      job.controller.abort(
-        new EngineError("BUSY", "the server shut down during the job", { reason: "SERVER_SHUTDOWN" }),
-      );
-    }
-    for (const wake of this.waiting.splice(0)) wake();
-    const all = Promise.allSettled([...this.live.values()].map((j) => j.done));
-    await Promise.race([all, sleep(timeoutMs)]);
-  }
-
-  private track(record: JobRecord): LiveJob {
-    let notify = () => {};
-    const job: LiveJob = {
-      record: { ...record, progress: { ...record.progress } },
-      controller: new AbortController(),
-      version: 0,
-      changed: new Promise<void>((r) => (notify = r)),
-      notify,
-      lastPersist: 0,
-      done: Promise.resolve(),
-    };
-    job.notify = notify;
-    this.live.set(record.id, job);
-    return job;
-  }
-
-  private bump(job: LiveJob): void {
-    job.version++;
-    const notify = job.notify;
-    job.changed = new Promise<void>((r) => (job.notify = r));
-    notify();
-  }
-
-  private async acquireSlot(signal: AbortSignal): Promise<void> {
-    while (this.running >= this.maxJobs && !signal.aborted && !this.closed) {
-      await new Promise<void>((resolve) => this.waiting.push(resolve));
-    }
-    this.running++;
-  }
-
-  private releaseSlot(): void {
-    this.running--;
-    this.waiting.shift()?.();
-  }
-
-  private async execute(
-    job: LiveJob,
-    work: JobWork,
-    cleanup: (job: JobRecord, error: EngineError) => Promise<void>,
-  ): Promise<void> {
-    const { signal } = job.controller;
-    const log = this.log.child({ job: job.record.id, kind: job.record.kind, volume: job.record.volume });
-    await this.acquireSlot(signal);
-    try {
-      if (signal.aborted) throw signal.reason;
-      job.record.state = "RUNNING";
-      job.record.startTime = Date.now();
-      job.record.progress.phase = "running";
-      this.catalog.updateJob(job.record.id, {
-        state: "RUNNING",
-        startTime: job.record.startTime,
-        progress: job.record.progress,
-      });
-      this.bump(job);
-      log.info("job started");
-      const ctx: JobContext = {
-        signal,
-        progress: (done, total, phase) => {
-          const p = job.record.progress;
-          p.doneBytes = Math.max(p.doneBytes, done);
-          p.totalBytes = total;
-          if (phase !== undefined) p.phase = phase;
-          const now = Date.now();
-          if (now - job.lastPersist >= PERSIST_INTERVAL_MS) {
-            job.lastPersist = now;
-            this.catalog.updateJob(job.record.id, { progress: p });
-          }
-          this.bump(job);
+    if (this.#closed)
+      throw new EngineError("FAILED_PRECONDITION", "server is shutting down", { reason: "DRAINING" });
+    const admitted = [...this.#live.values()].filter((j) => !isTerminal(j.snapshot.state)).length;
+    if (admitted >= this.#opts.maxAdmitted) {
+      throw new EngineError(
+        "NO_SPACE",
+        `too many jobs (${admitted} admitted, limit ${this.#opts.maxAdmitted})`,
+        {
+          reason: "TOO_MANY_JOBS",
         },
-      };
-      await work(ctx);
-      job.record.state = "SUCCEEDED";
-      job.record.progress.doneBytes = Math.max(job.record.progress.doneBytes, job.record.progress.totalBytes);
-      job.record.progress.phase = "done";
-      log.info("job succeeded");
-    } catch (raw) {
-      const error = EngineError.from(signal.aborted && isAbort(raw) ? signal.reason : raw);
-      const cancelled = error.code === "CANCELLED" && job.record.cancelRequested;
-      job.record.state = cancelled ? "CANCELLED" : "FAILED";
-      job.record.error = jobError(error);
-      job.record.progress.phase = cancelled ? "cancelled" : "failed";
-      if (job.record.error.code === "INTERNAL") log.error({ err: raw }, "job failed with an internal error");
-      else
-        log.warn({ code: error.code, reason: error.reason, message: error.message }, "job did not succeed");
-      try {
-        await cleanup({ ...job.record }, error);
-      } catch (cleanupErr) {
-        log.error(
-          { err: cleanupErr },
-          "cleaning up after the job failed; reconcile will finish it at the next start",
-        );
+      );
+    }
+    const id = `job-${randomUUID()}`;
+    const releaseLocks: (() => void)[] = [];
+    try {
+      for (const l of spec.locks) releaseLocks.push(this.#opts.locks.acquire(l.volume, l.mode, id));
+    } catch (err) {
+      for (const release of releaseLocks) release();
+      throw err;
+    }
+    const controller = new AbortController();
+    let start!: () => void;
+    const started = new Promise<void>((resolve) => {
+      start = resolve;
+    });
+    const live: LiveJob = {
+      snapshot: {
+        id,
+        kind: spec.kind,
+        volume: spec.volume,
+        state: "QUEUED",
+        progress: {
+          doneBytes: 0,
+          totalBytes: spec.totalBytes ?? 0,
+          bytesPerSecond: 0,
+          etaSeconds: 0,
+          phase: "queued",
+        },
+        createTime: new Date(),
+        requestId: spec.requestId,
+        cancelRequested: false,
+      },
+      controller,
+      listeners: new Set(),
+      releaseLocks,
+      start,
+      counted: false,
+      lastPersist: 0,
+      rate: new RateMeter(),
+      settled: Promise.resolve(),
+    };
+    this.#live.set(id, live);
+    this.#opts.store.saveJob(live.snapshot);
+    live.settled = started.then(() => this.#execute(live, spec));
+    this.#queue.push(live);
+    this.#pump();
+    return { job: live.snapshot as JobSnapshot<R>, existing: false };
+  }
+
+  /** Latest snapshot by job id (or by request id when `byRequestId`). */
+  get(key: string, byRequestId = false): JobSnapshot | undefined {
+    if (byRequestId) {
+      for (const j of this.#live.values()) if (j.snapshot.requestId === key) return j.snapshot;
+      return this.#opts.store.findJobByRequestId(key);
+    }
+    return this.#live.get(key)?.snapshot ?? this.#opts.store.getJob(key);
+  }
+
+  /**
+   * Snapshots of a job until it ends: the current one at once, then changes coalesced to at most one
+   * per watchIntervalMs (latest wins), and always the terminal one. Ends when the job ends or `signal` fires.
+   */
+  async *watch(id: string, signal?: AbortSignal): AsyncGenerator<JobSnapshot> {
+    const live = this.#live.get(id);
+    if (!live) {
+      const stored = this.#opts.store.getJob(id);
+      if (!stored) throw new EngineError("NOT_FOUND", `job ${id} not found`, { reason: "JOB_NOT_FOUND" });
+      yield stored;
+      return;
+    }
+    let changed = true;
+    let wake: (() => void) | undefined;
+    const listener = () => {
+      changed = true;
+      wake?.();
+    };
+    const onAbort = () => wake?.();
+    live.listeners.add(listener);
+    signal?.addEventListener("abort", onAbort);
+    try {
+      let lastSent = 0;
+      let lastSnapshot: JobSnapshot | undefined;
+      while (!signal?.aborted) {
+        if (!changed) {
+          await new Promise<void>((resolve) => {
+            wake = resolve;
+          });
+          wake = undefined;
+          continue;
+        }
+        const snap = live.snapshot;
+        const terminal = isTerminal(snap.state);
+        const wait = lastSent + this.#opts.watchIntervalMs - Date.now();
+        if (!terminal && wait > 0 && lastSnapshot) {
+          // Coalesce: sleep out the interval; whatever is latest then is what gets sent.
+          await new Promise<void>((resolve) => {
+            const t = setTimeout(resolve, wait);
+            wake = () => {
+              if (isTerminal(live.snapshot.state) || signal?.aborted) {
+                clearTimeout(t);
+                resolve();
+              }
+            };
+          });
+          wake = undefined;
+          continue;
+        }
+        changed = false;
+        if (snap !== lastSnapshot) {
+          lastSnapshot = snap;
+          lastSent = Date.now();
+          yield snap;
+        }
+        if (terminal) return;
       }
     } finally {
-      this.releaseSlot();
+      live.listeners.delete(listener);
+      signal?.removeEventListener("abort", onAbort);
     }
-    job.record.endTime = Date.now();
-    this.catalog.updateJob(job.record.id, {
-      state: job.record.state,
-      endTime: job.record.endTime,
-      progress: job.record.progress,
-      error: job.record.error ?? null,
+  }
+
+  /** Requests cancellation; returns the snapshot after recording it. Finished jobs are returned unchanged. */
+  cancel(id: string, why = "cancelled by request"): JobSnapshot {
+    const live = this.#live.get(id);
+    if (!live) {
+      const stored = this.#opts.store.getJob(id);
+      if (!stored) throw new EngineError("NOT_FOUND", `job ${id} not found`, { reason: "JOB_NOT_FOUND" });
+      return stored;
+    }
+    if (isTerminal(live.snapshot.state)) return live.snapshot;
+    this.#update(live, { cancelRequested: true }, true);
+    live.controller.abort(new EngineError("CANCELLED", why, { reason: "JOB_CANCELLED" }));
+    if (live.snapshot.state === "QUEUED") {
+      const i = this.#queue.indexOf(live);
+      if (i >= 0) this.#queue.splice(i, 1);
+      live.start(); // #execute sees the aborted signal and ends it CANCELLED without running
+    }
+    return live.snapshot;
+  }
+
+  /** Jobs still in memory (running, queued, recently finished). */
+  liveJobs(): JobSnapshot[] {
+    return [...this.#live.values()].map((j) => j.snapshot);
+  }
+
+  /** Stops admitting, cancels every unfinished job, and waits (up to `graceMs`) for them to settle. */
+  async shutdown(graceMs = 10_000): Promise<void> {
+    this.#closed = true;
+    for (const live of this.#live.values()) {
+      if (!isTerminal(live.snapshot.state)) {
+        live.controller.abort(
+          new EngineError("CANCELLED", "server shutting down", { reason: "SERVER_SHUTDOWN" }),
+        );
+        if (live.snapshot.state === "QUEUED") live.start();
+      }
+    }
+    const all = Promise.allSettled([...this.#live.values()].map((j) => j.settled));
+    await Promise.race([all, new Promise((r) => setTimeout(r, graceMs).unref())]);
+  }
+
+  #pump(): void {
+    while (this.#running < this.#opts.maxRunning && this.#queue.length > 0) {
+      const next = this.#queue.shift();
+      if (!next) break;
+      this.#running++;
+      next.counted = true;
+      next.start();
+    }
+  }
+
+  async #execute<R>(live: LiveJob, spec: JobSpec<R>): Promise<void> {
+    const signal = live.controller.signal;
+    try {
+      if (signal.aborted) throw signal.reason;
+      this.#update(
+        live,
+        {
+          state: "RUNNING",
+          startTime: new Date(),
+          progress: { ...live.snapshot.progress, phase: "running" },
+        },
+        true,
+      );
+      const ctx: JobContext = {
+        jobId: live.snapshot.id,
+        signal,
+        progress: (done, total, phase) => this.#progress(live, done, total, phase),
+        phase: (phase) =>
+          this.#progress(live, live.snapshot.progress.doneBytes, live.snapshot.progress.totalBytes, phase),
+      };
+      const result = await spec.run(ctx);
+      const p = live.snapshot.progress;
+      const done = Math.max(p.doneBytes, p.totalBytes);
+      this.#update(
+        live,
+        {
+          state: "SUCCEEDED",
+          endTime: new Date(),
+          result,
+          progress: { ...p, doneBytes: done, totalBytes: done, etaSeconds: 0, phase: "done" },
+        },
+        true,
+      );
+    } catch (thrown) {
+      const err = EngineError.from(thrown);
+      const cancelled = signal.aborted && (err.code === "CANCELLED" || err.code === "DEADLINE_EXCEEDED");
+      const reason = cancelled && signal.reason instanceof EngineError ? signal.reason : err;
+      this.#update(
+        live,
+        {
+          state: cancelled ? "CANCELLED" : "FAILED",
+          endTime: new Date(),
+          error: {
+            code: cancelled ? "CANCELLED" : err.code,
+            message: cancelled ? reason.message : err.message,
+            reason: reason.reason,
+            metadata: reason.metadata,
+          },
+          progress: { ...live.snapshot.progress, etaSeconds: 0, phase: cancelled ? "cancelled" : "failed" },
+        },
+        true,
+      );
+    } finally {
+      for (const release of live.releaseLocks) release();
+      if (live.counted) this.#running--;
+      this.#opts.onJobEnd?.(live.snapshot);
+      this.#pump();
+      // Keep finished jobs in memory a while so late watchers get the terminal snapshot quickly.
+      setTimeout(() => this.#live.delete(live.snapshot.id), 10 * 60_000).unref();
+    }
+  }
+
+  #progress(live: LiveJob, done: number, total: number, phase?: string): void {
+    if (isTerminal(live.snapshot.state)) return;
+    const prev = live.snapshot.progress;
+    const doneBytes = Math.max(prev.doneBytes, Math.min(done, Math.max(total, done)));
+    const totalBytes = Math.max(total, doneBytes);
+    const rate = live.rate.update(doneBytes, Date.now());
+    const etaSeconds = rate > 0 ? (totalBytes - doneBytes) / rate : 0;
+    this.#update(live, {
+      progress: {
+        doneBytes,
+        totalBytes,
+        bytesPerSecond: Math.round(rate),
+        etaSeconds,
+        phase: phase ?? prev.phase,
+      },
     });
-    this.live.delete(job.record.id);
-    this.bump(job);
+  }
+
+  #update(live: LiveJob, change: Partial<JobSnapshot>, persistNow = false): void {
+    live.snapshot = { ...live.snapshot, ...change };
+    const now = Date.now();
+    if (persistNow || now - live.lastPersist >= this.#opts.persistIntervalMs) {
+      live.lastPersist = now;
+      this.#opts.store.saveJob(live.snapshot);
+    }
+    for (const listener of live.listeners) listener();
   }
 }
 
-/** What a job record keeps of an error: never the text of an INTERNAL one (it may carry host details). */
-function jobError(error: EngineError): JobErrorRecord {
-  const wire = toWireError(error);
-  return { code: error.code, message: wire.message, reason: wire.reason };
-}
-
-function isAbort(err: unknown): boolean {
-  return (
-    (err instanceof Error && err.name === "AbortError") ||
-    (err instanceof EngineError && (err.code === "CANCELLED" || err.code === "DEADLINE_EXCEEDED"))
-  );
-}
-
-function abortPromise(signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) resolve();
-    else signal.addEventListener("abort", () => resolve(), { once: true });
-  });
-}
+export type { JobProgress };

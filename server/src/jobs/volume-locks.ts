@@ -22,10 +22,14 @@ export class VolumeLocks {
   acquire(volume: string, mode: LockMode, owner: string): () => void {
     const holder = this.#held.get(volume);
     if (holder && (mode === "exclusive" || holder.mode === "exclusive")) {
-      throw new EngineError("FAILED_PRECONDITION", `volume ${volume} is busy (${holder.mode === "exclusive" ? "a job holds it" : "data streams are open"})`, {
-        reason: "VOLUME_BUSY",
-        metadata: { volume },
-      });
+      throw new EngineError(
+        "FAILED_PRECONDITION",
+        `volume ${volume} is busy (${holder.mode === "exclusive" ? "a job holds it" : "data streams are open"})`,
+        {
+          reason: "VOLUME_BUSY",
+          metadata: { volume },
+        },
+      );
     }
     if (holder) holder.owners.add(owner);
     else this.#held.set(volume, { mode, owners: new Set([owner]) });

@@ -32,18 +32,31 @@ describe("reconcile", () => {
     fs.writeFileSync(path.join(pool.tmpDir, "junk.tmp"), "x");
     fs.writeFileSync(path.join(root, "operator.img"), "not ours");
 
-    catalog.insertJob(jobRecord("j-create", { volume: "half", state: "RUNNING" }));
-    catalog.insertJob(
-      jobRecord("j-check", { volume: "ready", state: "RUNNING", kind: "CHECK_VOLUME", createTime: 2 }),
+    catalog.saveJob(jobRecord("j-create", { volume: "half", state: "RUNNING" }));
+    catalog.saveJob(
+      jobRecord("j-check", {
+        volume: "ready",
+        state: "RUNNING",
+        kind: "CHECK_VOLUME",
+        createTime: new Date(2),
+      }),
     );
-    catalog.insertJob(jobRecord("j-done", { volume: "ready", state: "SUCCEEDED", createTime: 3 }));
+    catalog.saveJob(
+      jobRecord("j-queued", {
+        volume: "ready",
+        state: "QUEUED",
+        kind: "CHECK_VOLUME",
+        createTime: new Date(3),
+      }),
+    );
+    catalog.saveJob(jobRecord("j-done", { volume: "ready", state: "SUCCEEDED", createTime: new Date(4) }));
 
     const log = pino({ level: "silent" });
     const report = await reconcile(catalog, pool, log);
 
     expect(report.removedCreating.sort()).toEqual(["half", "renamed"]);
     expect(report.finishedDeleting).toEqual(["going"]);
-    expect(report.failedJobs.sort()).toEqual(["j-check", "j-create"]);
+    expect(report.failedJobs.sort()).toEqual(["j-check", "j-create", "j-queued"]);
     expect(report.removedTempFiles).toBe(1);
     expect(report.unknownFiles).toEqual(["operator.img"]);
 
@@ -55,7 +68,7 @@ describe("reconcile", () => {
       state: "FAILED",
       error: { message: "server restarted during creation", reason: "SERVER_RESTARTED" },
     });
-    expect(createJob?.endTime).toBeGreaterThan(0);
+    expect(createJob?.endTime).toBeInstanceOf(Date);
     expect(catalog.getJob("j-check")?.state).toBe("FAILED");
     expect(catalog.getJob("j-done")?.state).toBe("SUCCEEDED");
     catalog.close();

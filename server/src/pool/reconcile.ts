@@ -27,7 +27,7 @@ export async function reconcile(catalog: Catalog, pool: Pool, log: Logger): Prom
     removedTempFiles: 0,
     unknownFiles: [],
   };
-  const now = Date.now();
+  const now = new Date();
 
   // BUSY maps to ABORTED: the work was not done and retrying the request is the right answer.
   const interrupted = catalog.listJobs({ states: ["QUEUED", "RUNNING"], limit: 1_000_000 });
@@ -36,10 +36,12 @@ export async function reconcile(catalog: Catalog, pool: Pool, log: Logger): Prom
       job.kind === "CREATE_VOLUME"
         ? "server restarted during creation"
         : "server restarted while the job was running";
-    catalog.updateJob(job.id, {
+    catalog.saveJob({
+      ...job,
       state: "FAILED",
       endTime: now,
-      error: { code: "BUSY", message, reason: "SERVER_RESTARTED" },
+      progress: { ...job.progress, bytesPerSecond: 0, etaSeconds: 0, phase: "failed" },
+      error: { code: "BUSY", message, reason: "SERVER_RESTARTED", metadata: {} },
     });
     report.failedJobs.push(job.id);
   }

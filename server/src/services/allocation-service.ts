@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import type { Server } from "@grpc/grpc-js";
 import {
   type AllocationSummary,
@@ -66,7 +67,7 @@ export class AllocationService {
         },
       );
     }
-    const release = this.ctx.leases.acquire(volume.uid);
+    const release = this.ctx.locks.acquire(volume.name, "shared", randomUUID());
     try {
       const image = await this.ctx.images.get(volume);
       const base = req.baseVolume === "" ? undefined : await this.baseImage(req.baseVolume);
@@ -139,7 +140,7 @@ export class AllocationService {
     op: (image: BlockImage, start: number, end: number) => Promise<void>,
   ): Promise<void> {
     const volume = requireReadyVolume(this.ctx.catalog, req.name);
-    const release = this.ctx.leases.acquire(volume.uid);
+    const release = this.ctx.locks.acquire(volume.name, "shared", randomUUID());
     try {
       const image = await this.ctx.images.get(volume);
       const { start, end } = resolveRange(image, req.offset, req.length, true);

@@ -1,6 +1,7 @@
 import { EngineError } from "@vdisk/engine";
 import type { Catalog, VolumeRecord } from "../catalog/catalog.js";
 import type { JobRunner } from "../jobs/job-runner.js";
+import type { VolumeLocks } from "../jobs/volume-locks.js";
 import type { Logger } from "../log.js";
 import { validateVolumeName } from "../pool/names.js";
 import type { Pool } from "../pool/pool.js";
@@ -14,34 +15,10 @@ export interface ServiceContext {
   images: ImageRegistry;
   jobs: JobRunner;
   engine: EngineDeps;
-  leases: VolumeLeases;
+  locks: VolumeLocks;
   adapter: AdapterEnv;
   log: Logger;
   maxCapacity: number;
-}
-
-/**
- * Counts calls currently using a volume's open image (data streams, zeroing, maps), so a delete can
- * refuse instead of closing the image under a running stream.
- */
-export class VolumeLeases {
-  private readonly counts = new Map<string, number>();
-
-  acquire(uid: string): () => void {
-    this.counts.set(uid, (this.counts.get(uid) ?? 0) + 1);
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      const n = (this.counts.get(uid) ?? 1) - 1;
-      if (n <= 0) this.counts.delete(uid);
-      else this.counts.set(uid, n);
-    };
-  }
-
-  inUse(uid: string): boolean {
-    return this.counts.has(uid);
-  }
 }
 
 export function requireVolume(catalog: Catalog, name: string, field = "name"): VolumeRecord {

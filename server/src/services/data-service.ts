@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import type { Server } from "@grpc/grpc-js";
 import {
   type BlockImage,
@@ -51,7 +52,7 @@ export class DataService {
       });
     }
     const chunk = req.chunkSize === 0 ? DEFAULT_CHUNK : req.chunkSize;
-    const release = this.ctx.leases.acquire(volume.uid);
+    const release = this.ctx.locks.acquire(volume.name, "shared", randomUUID());
     try {
       const image = await this.ctx.images.get(volume);
       const { start, end } = resolveRange(image, req.offset, req.length, false);
@@ -105,7 +106,7 @@ export class DataService {
               });
             detection = zeroDetectionFromWire(payload.open.zeroDetection);
             const volume = requireReadyVolume(this.ctx.catalog, payload.open.name);
-            release = this.ctx.leases.acquire(volume.uid);
+            release = this.ctx.locks.acquire(volume.name, "shared", randomUUID());
             image = await this.ctx.images.get(volume);
             break;
           }

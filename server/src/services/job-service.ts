@@ -62,7 +62,7 @@ export class JobService {
       jobs: page.map(jobMessage),
       nextPageToken:
         rows.length > pageSize && last !== undefined
-          ? Buffer.from(JSON.stringify([last.createTime, last.id])).toString("base64url")
+          ? Buffer.from(JSON.stringify([last.createTime.getTime(), last.id])).toString("base64url")
           : "",
     };
   }
@@ -75,7 +75,7 @@ export class JobService {
 
   cancelJob(req: CancelJobRequest): CancelJobResponse {
     this.require(req.id);
-    return { job: jobMessage(this.ctx.jobs.cancel(req.id) as JobRecord) };
+    return { job: jobMessage(this.ctx.jobs.cancel(req.id)) };
   }
 
   private require(id: string): JobRecord {

@@ -54,9 +54,6 @@ export async function volumeMessage(
 
 export function jobMessage(job: JobRecord): Job {
   const p = job.progress;
-  const elapsed = job.startTime === undefined ? 0 : ((job.endTime ?? Date.now()) - job.startTime) / 1000;
-  const rate = elapsed > 0 ? Math.round(p.doneBytes / elapsed) : 0;
-  const remaining = Math.max(0, p.totalBytes - p.doneBytes);
   return {
     id: job.id,
     kind: jobKindToWire(job.kind),
@@ -65,20 +62,25 @@ export function jobMessage(job: JobRecord): Job {
     progress: {
       doneBytes: toBigint(p.doneBytes),
       totalBytes: toBigint(p.totalBytes),
-      bytesPerSecond: toBigint(rate),
-      etaSeconds: rate > 0 && job.endTime === undefined ? remaining / rate : 0,
+      bytesPerSecond: toBigint(Math.max(0, Math.round(p.bytesPerSecond))),
+      etaSeconds: p.etaSeconds,
       phase: p.phase,
     },
-    createTime: new Date(job.createTime),
-    startTime: job.startTime === undefined ? undefined : new Date(job.startTime),
-    endTime: job.endTime === undefined ? undefined : new Date(job.endTime),
+    createTime: job.createTime,
+    startTime: job.startTime,
+    endTime: job.endTime,
     requestId: job.requestId ?? "",
     error:
       job.error === undefined
         ? undefined
-        : toRpcStatus({
-            ...toWireError(new EngineError(job.error.code, job.error.message, { reason: job.error.reason })),
-          }),
+        : toRpcStatus(
+            toWireError(
+              new EngineError(job.error.code, job.error.message, {
+                reason: job.error.reason,
+                metadata: job.error.metadata,
+              }),
+            ),
+          ),
     result: undefined,
     cancelRequested: job.cancelRequested,
   };

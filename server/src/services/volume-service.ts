@@ -19,7 +19,6 @@ import { validateVolumeName } from "../pool/names.js";
 import { type CallContext, clientStream, failingStream, serverStream, unary } from "../rpc/adapt.js";
 import { formatFromWire, preallocFromWire, toNumber } from "../rpc/convert.js";
 import { unimplemented } from "../rpc/errors.js";
-import { driverFor } from "../volumes/image-registry.js";
 import { requireVolume, type ServiceContext } from "./context.js";
 import { jobEvent, volumeMessage } from "./volume-messages.js";
 
@@ -78,7 +77,7 @@ export class VolumeService {
 
     let job: JobRecord | undefined;
     if (requestId !== undefined) {
-      const previous = catalog.findJobByRequestId(requestId);
+      const previous = jobs.get(requestId, true);
       if (previous !== undefined) {
         if (previous.kind !== "CREATE_VOLUME" || previous.volume !== spec.name) {
           throw new EngineError("INVALID_ARGUMENT", "request_id was already used for a different request", {
@@ -102,7 +101,8 @@ export class VolumeService {
             },
           );
         }
-        job = catalog.latestJob(spec.name, "CREATE_VOLUME");
+        const latest = catalog.latestJob(spec.name, "CREATE_VOLUME");
+        job = latest === undefined ? undefined : jobs.get(latest.id);
         if (job === undefined) {
           // Same spec, but the creating job is gone (e.g. imported by an operator): the volume is the answer.
           throw new EngineError("ALREADY_EXISTS", `volume "${spec.name}" already exists`, {
@@ -223,7 +223,7 @@ export class VolumeService {
     };
     const prealloc = spec.preallocation;
     const totalBytes = prealloc === "off" ? 0 : (spec.allocationBytes ?? spec.capacity);
-    const driver = driverFor(engine, spec.format);
+    const driver = engine.driverFor(spec.format);
 
     const work = async (job: JobContext): Promise<void> => {
       const temp = pool.tempPath(spec.name, spec.format);
@@ -260,12 +260,34 @@ export class VolumeService {
       { volume: spec.name, format: spec.format, capacity: spec.capacity, prealloc },
       "creating volume",
     );
-    return jobs.start(
-      { kind: "CREATE_VOLUME", volume: spec.name, requestId, totalBytes },
-      work,
-      cleanup,
-      () => catalog.insertVolume(record),
-    );
+    // The record goes first: if the server dies before the job is saved, reconcile still finds a
+    // CREATING volume to clean up, and a CREATING record is never served.
+    catalog.insertVolume(record);
+    try {
+      return jobs.submit({
+        kind: "CREATE_VOLUME",
+        volume: spec.name,
+        ...(requestId === undefined ? {} : { requestId }),
+        locks: [{ volume: spec.name, mode: "exclusive" }],
+        totalBytes,
+        run: async (job) => {
+          try {
+            await work(job);
+          } catch (err) {
+            await cleanup().catch((cleanupErr: unknown) =>
+              log.error(
+                { err: cleanupErr, volume: spec.name },
+                "cleanup after a failed creation failed; reconcile will finish it",
+              ),
+            );
+            throw err;
+          }
+        },
+      }).job;
+    } catch (err) {
+      catalog.deleteVolume(spec.name);
+      throw err;
+    }
   }
 
   async getVolume(req: GetVolumeRequest, call: CallContext): Promise<GetVolumeResponse> {
@@ -298,7 +320,7 @@ export class VolumeService {
   }
 
   async deleteVolume(req: DeleteVolumeRequest): Promise<DeleteVolumeResponse> {
-    const { catalog, jobs, leases, images, pool, log } = this.ctx;
+    const { catalog, locks, images, pool, log } = this.ctx;
     const volume = requireVolume(catalog, req.name);
     const refuse = (message: string, reason: string, metadata: Record<string, string> = {}) =>
       new EngineError("FAILED_PRECONDITION", message, {
@@ -315,15 +337,18 @@ export class VolumeService {
         },
       );
     }
-    if (volume.state === "CREATING" || jobs.isActive(volume.name))
-      throw refuse(`a job is using volume "${volume.name}"`, "VOLUME_BUSY");
-    if (leases.inUse(volume.uid))
-      throw refuse(`volume "${volume.name}" has data streams open`, "VOLUME_IN_USE");
-
-    catalog.updateVolume(volume.name, { state: "DELETING" });
-    await images.close(volume.uid);
-    await pool.removeFile(pool.volumePath(volume.name, volume.format));
-    catalog.deleteVolume(volume.name);
+    if (volume.state === "CREATING")
+      throw refuse(`volume "${volume.name}" is still being created`, "VOLUME_BUSY");
+    // Exclusive for the duration: fails with VOLUME_BUSY while a job or a data stream holds the volume.
+    const release = locks.acquire(volume.name, "exclusive", `delete-${randomUUID()}`);
+    try {
+      catalog.updateVolume(volume.name, { state: "DELETING" });
+      await images.close(volume.uid);
+      await pool.removeFile(pool.volumePath(volume.name, volume.format));
+      catalog.deleteVolume(volume.name);
+    } finally {
+      release();
+    }
     log.info({ volume: volume.name }, "deleted volume");
     return {};
   }

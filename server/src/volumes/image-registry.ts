@@ -3,21 +3,11 @@ import { EngineError } from "@vdisk/engine";
 import type { Catalog, VolumeRecord } from "../catalog/catalog.js";
 import type { Pool } from "../pool/pool.js";
 
-/** The engine pieces the server needs to open and create images, supplied by main. */
+/** The engine pieces the server needs to open and create images, supplied by startServer (tests may wrap them). */
 export interface EngineDeps {
   openHostFile(path: string, opts: { readOnly: boolean; create?: "new" | "truncate" }): Promise<HostFile>;
-  drivers: Partial<Record<FormatName, BlockDriver>>;
-}
-
-export function driverFor(deps: EngineDeps, format: FormatName): BlockDriver {
-  const driver = deps.drivers[format];
-  if (driver === undefined) {
-    throw new EngineError("UNSUPPORTED", `the ${format} format is not available in this server build yet`, {
-      reason: "FORMAT_NOT_AVAILABLE",
-      metadata: { format },
-    });
-  }
-  return driver;
+  /** The driver of a stored format; UNSUPPORTED if this build has none. */
+  driverFor(format: FormatName): BlockDriver;
 }
 
 /**
@@ -46,7 +36,7 @@ export class ImageRegistry {
   }
 
   private async openImage(volume: VolumeRecord, depth: number): Promise<BlockImage> {
-    const driver = driverFor(this.deps, volume.format);
+    const driver = this.deps.driverFor(volume.format);
     let backing: BlockImage | undefined;
     if (volume.backingVolume !== undefined) {
       const base = this.catalog.getVolume(volume.backingVolume);

@@ -1,0 +1,173 @@
+import { EngineError, throwIfAborted } from "@vdisk/engine";
+import { describe, expect, it } from "vitest";
+import { type JobContext, JobRunner } from "./job-runner.js";
+import type { JobSnapshot } from "./job-types.js";
+import { MemoryJobStore } from "./memory-job-store.js";
+import { VolumeLocks } from "./volume-locks.js";
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function makeRunner(opts: Partial<ConstructorParameters<typeof JobRunner>[0]> = {}) {
+  const store = new MemoryJobStore();
+  const runner = new JobRunner({ store, locks: new VolumeLocks(), watchIntervalMs: 20, ...opts });
+  return { store, runner };
+}
+
+/** A job that advances `steps` times, checking for cancel at each step (its safe points). */
+function steppingJob(steps: number, stepMs: number) {
+  return async (ctx: JobContext) => {
+    for (let i = 1; i <= steps; i++) {
+      throwIfAborted(ctx.signal);
+      await sleep(stepMs);
+      ctx.progress(i * 100, steps * 100, "working");
+    }
+    return "finished";
+  };
+}
+
+async function collect(it: AsyncIterable<JobSnapshot>): Promise<JobSnapshot[]> {
+  const out: JobSnapshot[] = [];
+  for await (const s of it) out.push(s);
+  return out;
+}
+
+describe("JobRunner", () => {
+  it("runs a job to SUCCEEDED with monotonic, coalesced progress and a terminal snapshot", async () => {
+    const { runner, store } = makeRunner();
+    const { job } = runner.submit({ kind: "CREATE_VOLUME", volume: "v", locks: [], run: steppingJob(30, 2) });
+    const events = await collect(runner.watch(job.id));
+    const last = events.at(-1);
+    expect(last?.state).toBe("SUCCEEDED");
+    expect(last?.result).toBe("finished");
+    expect(last?.progress.doneBytes).toBe(3000);
+    const done = events.map((e) => e.progress.doneBytes);
+    expect(done).toEqual([...done].sort((a, b) => a - b));
+    // 30 progress reports 2 ms apart, watcher interval 20 ms: coalescing must drop most of them.
+    expect(events.length).toBeLessThan(20);
+    expect(store.getJob(job.id)?.state).toBe("SUCCEEDED");
+  });
+
+  it("cancels at the next safe point and ends CANCELLED with a CANCELLED error", async () => {
+    const { runner } = makeRunner();
+    const { job } = runner.submit({
+      kind: "CREATE_VOLUME",
+      volume: "v",
+      locks: [],
+      run: steppingJob(1000, 5),
+    });
+    await sleep(30);
+    const afterCancel = runner.cancel(job.id);
+    expect(afterCancel.cancelRequested).toBe(true);
+    const events = await collect(runner.watch(job.id));
+    const last = events.at(-1);
+    expect(last?.state).toBe("CANCELLED");
+    expect(last?.error?.code).toBe("CANCELLED");
+    expect(last?.progress.doneBytes).toBeLessThan(100_000);
+  });
+
+  it("ends FAILED with the engine error's code and reason", async () => {
+    const { runner } = makeRunner();
+    const { job } = runner.submit({
+      kind: "CHECK_VOLUME",
+      volume: "v",
+      locks: [],
+      run: async () => {
+        throw new EngineError("NO_SPACE", "disk full", { reason: "HOST_ENOSPC" });
+      },
+    });
+    const last = (await collect(runner.watch(job.id))).at(-1);
+    expect(last?.state).toBe("FAILED");
+    expect(last?.error).toMatchObject({ code: "NO_SPACE", reason: "HOST_ENOSPC" });
+  });
+
+  it("returns the same job for a repeated request id", () => {
+    const { runner } = makeRunner();
+    const spec = {
+      kind: "CREATE_VOLUME" as const,
+      volume: "v",
+      requestId: "r-1",
+      locks: [],
+      run: steppingJob(5, 5),
+    };
+    const a = runner.submit(spec);
+    const b = runner.submit(spec);
+    expect(b.existing).toBe(true);
+    expect(b.job.id).toBe(a.job.id);
+  });
+
+  it("refuses a second job on a volume another job holds (VOLUME_BUSY)", () => {
+    const { runner } = makeRunner();
+    runner.submit({
+      kind: "RESIZE_VOLUME",
+      volume: "v",
+      locks: [{ volume: "v", mode: "exclusive" }],
+      run: steppingJob(50, 5),
+    });
+    expect(() =>
+      runner.submit({
+        kind: "CHECK_VOLUME",
+        volume: "v",
+        locks: [{ volume: "v", mode: "exclusive" }],
+        run: steppingJob(1, 1),
+      }),
+    ).toThrowError(expect.objectContaining({ code: "FAILED_PRECONDITION", reason: "VOLUME_BUSY" }));
+  });
+
+  it("queues past maxRunning and rejects past maxAdmitted", async () => {
+    const { runner } = makeRunner({ maxRunning: 1, maxAdmitted: 2 });
+    const a = runner.submit({ kind: "CHECK_VOLUME", volume: "a", locks: [], run: steppingJob(10, 5) });
+    const b = runner.submit({ kind: "CHECK_VOLUME", volume: "b", locks: [], run: steppingJob(2, 5) });
+    await sleep(5);
+    expect(runner.get(a.job.id)?.state).toBe("RUNNING");
+    expect(runner.get(b.job.id)?.state).toBe("QUEUED");
+    expect(() =>
+      runner.submit({ kind: "CHECK_VOLUME", volume: "c", locks: [], run: steppingJob(1, 1) }),
+    ).toThrowError(expect.objectContaining({ code: "NO_SPACE", reason: "TOO_MANY_JOBS" }));
+    const lastB = (await collect(runner.watch(b.job.id))).at(-1);
+    expect(lastB?.state).toBe("SUCCEEDED");
+  });
+
+  it("cancels a queued job without running it, and frees its slot", async () => {
+    const { runner } = makeRunner({ maxRunning: 1 });
+    let ran = false;
+    runner.submit({ kind: "CHECK_VOLUME", volume: "a", locks: [], run: steppingJob(5, 5) });
+    const q = runner.submit({
+      kind: "CHECK_VOLUME",
+      volume: "b",
+      locks: [],
+      run: async () => {
+        ran = true;
+      },
+    });
+    runner.cancel(q.job.id);
+    const last = (await collect(runner.watch(q.job.id))).at(-1);
+    expect(last?.state).toBe("CANCELLED");
+    expect(ran).toBe(false);
+  });
+
+  it("lets a watcher leave without affecting the job", async () => {
+    const { runner } = makeRunner();
+    const { job } = runner.submit({ kind: "CREATE_VOLUME", volume: "v", locks: [], run: steppingJob(10, 5) });
+    const leave = new AbortController();
+    for await (const _ of runner.watch(job.id, leave.signal)) {
+      leave.abort();
+    }
+    const last = (await collect(runner.watch(job.id))).at(-1);
+    expect(last?.state).toBe("SUCCEEDED");
+  });
+
+  it("cancels unfinished jobs on shutdown and refuses new ones", async () => {
+    const { runner } = makeRunner();
+    const { job } = runner.submit({
+      kind: "CREATE_VOLUME",
+      volume: "v",
+      locks: [],
+      run: steppingJob(1000, 5),
+    });
+    await runner.shutdown(2000);
+    expect(runner.get(job.id)?.state).toBe("CANCELLED");
+    expect(() =>
+      runner.submit({ kind: "CHECK_VOLUME", volume: "x", locks: [], run: steppingJob(1, 1) }),
+    ).toThrowError(expect.objectContaining({ reason: "DRAINING" }));
+  });
+});
