@@ -77,3 +77,11 @@ export function qemuMap(path: string): QemuMapEntry[] {
   if (r.code !== 0) throw new Error(`qemu-img map failed: ${r.stderr}`);
   return (JSON.parse(r.stdout) as (QemuMapEntry & { compressed?: boolean })[]).map(({ compressed: _c, ...e }) => e);
 }
+
+/** Byte equality for large buffers (deep-equal matchers are far too slow at tens of MiB). */
+export function firstDifference(a: Uint8Array, b: Uint8Array): string | undefined {
+  if (Buffer.compare(Buffer.from(a.buffer, a.byteOffset, a.length), Buffer.from(b.buffer, b.byteOffset, b.length)) === 0) return undefined;
+  if (a.length !== b.length) return `lengths differ: ${a.length} vs ${b.length}`;
+  const at = a.findIndex((v, i) => v !== b[i]);
+  return `first difference at byte ${at}: ${a[at]} vs ${b[at]}`;
+}
