@@ -20,6 +20,7 @@ interface Claim {
   start: number;
   end: number;
   what: string;
+  grain?: boolean;
 }
 
 /**
@@ -90,18 +91,25 @@ export async function checkSparseImage(input: CheckInput): Promise<CheckResult> 
           continue;
         }
       }
-      claims.push({ start: host, end: Math.min(end, fileSize), what: `grain for sector ${sector}` });
+      claims.push({ start: host, end: Math.min(end, fileSize), what: `grain for sector ${sector}`, grain: true });
     }
   }
+  // One sweep: each claim is compared with the furthest-reaching claim before it. A grain involved in
+  // any overlap counts once; an overlap between two metadata structures counts once per pair.
   claims.sort((a, b) => a.start - b.start || a.end - b.end);
-  let previous: Claim | undefined;
+  const overlappingGrains = new Set<Claim>();
+  let reach: Claim | undefined;
   for (const claim of claims) {
-    if (previous !== undefined && claim.start < previous.end) {
-      report(`ERROR: ${claim.what} overlaps ${previous.what}`);
-      if (claim.end <= previous.end) continue;
+    if (reach !== undefined && claim.start < reach.end) {
+      if (messages.length < 1000) messages.push(`ERROR: ${claim.what} overlaps ${reach.what}`);
+      const grains = [claim, reach].filter((c) => c.grain);
+      if (grains.length === 0) corruptions++;
+      for (const g of grains) overlappingGrains.add(g);
+      if (claim.end <= reach.end) continue;
     }
-    previous = claim;
+    reach = claim;
   }
+  corruptions += overlappingGrains.size;
   const imageEndOffset = claims.reduce((max, c) => Math.max(max, c.end), 0);
   return {
     corruptions,
