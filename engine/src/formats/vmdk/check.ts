@@ -42,7 +42,11 @@ export async function checkSparseImage(input: CheckInput): Promise<CheckResult> 
     { start: layout.gdOffset, end: layout.gdOffset + layout.gdEntries * 4, what: "grain directory" },
   ];
   if (layout.rgdOffset !== undefined) {
-    claims.push({ start: layout.rgdOffset, end: layout.rgdOffset + layout.gdEntries * 4, what: "redundant grain directory" });
+    claims.push({
+      start: layout.rgdOffset,
+      end: layout.rgdOffset + layout.gdEntries * 4,
+      what: "redundant grain directory",
+    });
   }
   if (input.footerOffset !== undefined) {
     claims.push({ start: input.footerOffset, end: input.footerOffset + FOOTER_TAIL_SIZE, what: "footer" });
@@ -56,12 +60,17 @@ export async function checkSparseImage(input: CheckInput): Promise<CheckResult> 
     throwIfAborted(input.signal);
     const table = await tables.readTable(gdIndex);
     if (table === undefined) continue;
-    claims.push({ start: tables.gd[gdIndex]! * 512, end: tables.gd[gdIndex]! * 512 + tableBytes, what: `grain table ${gdIndex}` });
+    claims.push({
+      start: tables.gd[gdIndex]! * 512,
+      end: tables.gd[gdIndex]! * 512 + tableBytes,
+      what: `grain table ${gdIndex}`,
+    });
     const redundant = await tables.readRedundantTable(gdIndex);
     if (redundant !== undefined) {
       const at = tables.rgd![gdIndex]! * 512;
       claims.push({ start: at, end: at + tableBytes, what: `redundant grain table ${gdIndex}` });
-      if (!table.every((v, i) => v === redundant[i])) report(`ERROR: grain table ${gdIndex} differs from its redundant copy`);
+      if (!table.every((v, i) => v === redundant[i]))
+        report(`ERROR: grain table ${gdIndex} differs from its redundant copy`);
     } else if (layout.rgdOffset !== undefined) {
       report(`ERROR: grain table ${gdIndex} has no redundant copy`);
     }
@@ -91,7 +100,12 @@ export async function checkSparseImage(input: CheckInput): Promise<CheckResult> 
           continue;
         }
       }
-      claims.push({ start: host, end: Math.min(end, fileSize), what: `grain for sector ${sector}`, grain: true });
+      claims.push({
+        start: host,
+        end: Math.min(end, fileSize),
+        what: `grain for sector ${sector}`,
+        grain: true,
+      });
     }
   }
   // One sweep: each claim is compared with the furthest-reaching claim before it. A grain involved in

@@ -3,8 +3,13 @@ import { throwIfAborted } from "../../errors.js";
 import type { HostFile } from "../../host/host-file.js";
 import { randomCid, serializeDescriptor } from "./descriptor.js";
 import { invalidArgument, unsupported } from "./errors.js";
-import { FLAG_NL_DETECT, FLAG_REDUNDANT_GD, FLAG_ZEROED_GRAIN, SECTOR_SIZE, serializeSparseHeader } from "./header.js";
-import { encodeU32Table } from "./le.js";
+import {
+  FLAG_NL_DETECT,
+  FLAG_REDUNDANT_GD,
+  FLAG_ZEROED_GRAIN,
+  SECTOR_SIZE,
+  serializeSparseHeader,
+} from "./header.js";
 import {
   checkCreateGeometry,
   DEFAULT_GRAIN_SIZE,
@@ -14,6 +19,7 @@ import {
   GTES_PER_GT,
   sectorsFor,
 } from "./layout.js";
+import { encodeU32Table } from "./le.js";
 import { createStreamOptimizedWriter } from "./stream-writer.js";
 
 /** Name recorded in the descriptor's extent line; readers of monolithic images ignore it. */
@@ -27,9 +33,13 @@ const EXTENT_FILE_NAME = "disk.vmdk";
 export async function createVmdk(file: HostFile, opts: CreateOptions): Promise<void> {
   throwIfAborted(opts.signal);
   if (opts.prealloc !== "off") {
-    throw invalidArgument("VMDK_PREALLOC_UNSUPPORTED", "vmdk images support only preallocation=off (as in QEMU)");
+    throw invalidArgument(
+      "VMDK_PREALLOC_UNSUPPORTED",
+      "vmdk images support only preallocation=off (as in QEMU)",
+    );
   }
-  if (opts.backing !== undefined) throw unsupported("VMDK_BACKING_UNSUPPORTED", "vmdk images cannot have a backing file here");
+  if (opts.backing !== undefined)
+    throw unsupported("VMDK_BACKING_UNSUPPORTED", "vmdk images cannot have a backing file here");
   const grainSize = opts.clusterSize ?? DEFAULT_GRAIN_SIZE;
   checkCreateGeometry(opts.size, grainSize);
   const subformat = opts.vmdk?.subformat ?? "monolithicSparse";

@@ -23,7 +23,8 @@ export interface VmdkDescriptor {
   createType: string | undefined;
 }
 
-const EXTENT_LINE = /^(RW|RDONLY|NOACCESS)\s+(\d{1,20})\s+([A-Za-z]{1,16})(?:\s+"([^"]*)"(?:\s+(\d{1,20}))?)?\s*$/i;
+const EXTENT_LINE =
+  /^(RW|RDONLY|NOACCESS)\s+(\d{1,20})\s+([A-Za-z]{1,16})(?:\s+"([^"]*)"(?:\s+(\d{1,20}))?)?\s*$/i;
 const KEY_VALUE = /^([A-Za-z0-9_.]{1,128})\s*=\s*(.*?)\s*$/;
 
 /** Decodes the descriptor region: text up to the first NUL, UTF-8, no control characters but tab/CR/LF. */
@@ -49,7 +50,8 @@ function unquote(value: string): string {
 
 function parseCid(value: string | undefined, what: string, fallback: number): number {
   if (value === undefined) return fallback;
-  if (!/^[0-9a-fA-F]{1,8}$/.test(value)) throw corrupt("VMDK_BAD_DESCRIPTOR", `malformed ${what} ${quoteImageText(value)}`);
+  if (!/^[0-9a-fA-F]{1,8}$/.test(value))
+    throw corrupt("VMDK_BAD_DESCRIPTOR", `malformed ${what} ${quoteImageText(value)}`);
   return Number.parseInt(value, 16);
 }
 
@@ -67,13 +69,20 @@ export function parseDescriptor(text: string): VmdkDescriptor {
       if (!Number.isSafeInteger(sectors) || (offset !== undefined && !Number.isSafeInteger(offset))) {
         throw corrupt("VMDK_BAD_DESCRIPTOR", "extent line numbers out of range");
       }
-      extents.push({ access: extent[1]!.toUpperCase(), sectors, type: extent[3]!.toUpperCase(), fileName: extent[4], offset });
+      extents.push({
+        access: extent[1]!.toUpperCase(),
+        sectors,
+        type: extent[3]!.toUpperCase(),
+        fileName: extent[4],
+        offset,
+      });
       continue;
     }
     const kv = KEY_VALUE.exec(line);
     if (!kv) throw corrupt("VMDK_BAD_DESCRIPTOR", `unrecognised descriptor line ${quoteImageText(line)}`);
     const key = kv[1]!;
-    if (entries.has(key)) throw corrupt("VMDK_BAD_DESCRIPTOR", `duplicate descriptor key ${quoteImageText(key)}`);
+    if (entries.has(key))
+      throw corrupt("VMDK_BAD_DESCRIPTOR", `duplicate descriptor key ${quoteImageText(key)}`);
     entries.set(key, unquote(kv[2]!));
   }
   return {
@@ -96,13 +105,17 @@ export function validateEmbeddedDescriptor(desc: VmdkDescriptor, capacitySectors
   }
   const version = desc.entries.get("version");
   if (version !== undefined && !/^[123]$/.test(version)) {
-    throw unsupported("VMDK_UNSUPPORTED_VERSION", `unsupported descriptor version ${quoteImageText(version)}`);
+    throw unsupported(
+      "VMDK_UNSUPPORTED_VERSION",
+      `unsupported descriptor version ${quoteImageText(version)}`,
+    );
   }
   if (desc.entries.has("parentFileNameHint") || desc.parentCid !== NO_PARENT_CID) {
     throw unsupported("VMDK_PARENT_LINK", "image links to a parent image");
   }
   if (desc.extents.length === 0) throw corrupt("VMDK_BAD_DESCRIPTOR", "descriptor lists no extent");
-  if (desc.extents.length > 1) throw unsupported("VMDK_EXTERNAL_EXTENT", "descriptor lists more than one extent");
+  if (desc.extents.length > 1)
+    throw unsupported("VMDK_EXTERNAL_EXTENT", "descriptor lists more than one extent");
   const extent = desc.extents[0]!;
   const name = extent.fileName;
   if (
@@ -118,7 +131,10 @@ export function validateEmbeddedDescriptor(desc: VmdkDescriptor, capacitySectors
   }
   if (extent.access === "NOACCESS") throw unsupported("VMDK_EXTERNAL_EXTENT", "extent is marked NOACCESS");
   if (extent.sectors !== capacitySectors) {
-    throw corrupt("VMDK_EXTENT_SIZE_MISMATCH", `extent of ${extent.sectors} sectors in a ${capacitySectors}-sector image`);
+    throw corrupt(
+      "VMDK_EXTENT_SIZE_MISMATCH",
+      `extent of ${extent.sectors} sectors in a ${capacitySectors}-sector image`,
+    );
   }
 }
 
@@ -135,7 +151,7 @@ export interface DescriptorFields {
 /** Writes a descriptor in the layout QEMU and VMware produce, so either tool reads it unchanged. */
 export function serializeDescriptor(f: DescriptorFields): string {
   const heads = f.adapterType === "ide" ? 16 : 255;
-  const cylinders = Math.ceil(f.capacitySectors / (heads * 63));
+  const cylinders = Math.floor(f.capacitySectors / (heads * 63)); // as QEMU: whole cylinders only
   return [
     "# Disk DescriptorFile",
     "version=1",

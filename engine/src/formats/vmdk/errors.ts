@@ -9,7 +9,9 @@ export function vmdkError(code: EngineErrorCode, reason: string, message: string
   return new EngineError(code, `vmdk: ${message}`, { reason });
 }
 
-export const corrupt = (reason: string, message: string): EngineError => vmdkError("CORRUPT", reason, message);
-export const unsupported = (reason: string, message: string): EngineError => vmdkError("UNSUPPORTED", reason, message);
+export const corrupt = (reason: string, message: string): EngineError =>
+  vmdkError("CORRUPT", reason, message);
+export const unsupported = (reason: string, message: string): EngineError =>
+  vmdkError("UNSUPPORTED", reason, message);
 export const invalidArgument = (reason: string, message: string): EngineError =>
   vmdkError("INVALID_ARGUMENT", reason, message);

@@ -34,7 +34,10 @@ export class GrainTables {
   /** Reads both directories and checks that every table they name lies inside the file. */
   static async load(file: HostFile, layout: SparseLayout, fileSize: number): Promise<GrainTables> {
     const gd = await readDirectory(file, layout, layout.gdOffset, fileSize);
-    const rgd = layout.rgdOffset === undefined ? undefined : await readDirectory(file, layout, layout.rgdOffset, fileSize);
+    const rgd =
+      layout.rgdOffset === undefined
+        ? undefined
+        : await readDirectory(file, layout, layout.rgdOffset, fileSize);
     return new GrainTables(file, layout, gd, rgd);
   }
 
@@ -121,7 +124,12 @@ export class GrainTables {
   }
 }
 
-async function readDirectory(file: HostFile, layout: SparseLayout, offset: number, fileSize: number): Promise<Uint32Array> {
+async function readDirectory(
+  file: HostFile,
+  layout: SparseLayout,
+  offset: number,
+  fileSize: number,
+): Promise<Uint32Array> {
   const raw = new Uint8Array(layout.gdEntries * 4);
   await file.readFull(offset, raw);
   const gd = readU32Table(raw, layout.gdEntries);

@@ -52,7 +52,8 @@ export function hasVmdk4Magic(buf: Uint8Array): boolean {
 }
 
 export function parseSparseHeader(sector: Uint8Array): SparseHeader {
-  if (sector.length < 80 || !hasVmdk4Magic(sector)) throw corrupt("VMDK_BAD_MAGIC", "not a VMDK4 sparse extent (no KDMV magic)");
+  if (sector.length < 80 || !hasVmdk4Magic(sector))
+    throw corrupt("VMDK_BAD_MAGIC", "not a VMDK4 sparse extent (no KDMV magic)");
   return {
     version: readU32(sector, 4),
     flags: readU32(sector, 8),
@@ -131,7 +132,10 @@ export function validateSparseHeader(h: SparseHeader, fileSize: number): SparseL
     throw corrupt("VMDK_BAD_CHECK_BYTES", "header check bytes damaged (file transferred in text mode?)");
   }
   if (h.compressAlgorithm !== COMPRESSION_NONE && h.compressAlgorithm !== COMPRESSION_DEFLATE) {
-    throw unsupported("VMDK_UNSUPPORTED_COMPRESSION", `unsupported compression algorithm ${h.compressAlgorithm}`);
+    throw unsupported(
+      "VMDK_UNSUPPORTED_COMPRESSION",
+      `unsupported compression algorithm ${h.compressAlgorithm}`,
+    );
   }
   const compressed = h.compressAlgorithm === COMPRESSION_DEFLATE;
   if (compressed && !(h.flags & FLAG_MARKERS)) {
@@ -153,7 +157,8 @@ export function validateSparseHeader(h: SparseHeader, fileSize: number): SparseL
   }
   const gtCoverageSectors = BigInt(h.numGtesPerGt) * h.granularity;
   const gdEntries = (h.capacity + gtCoverageSectors - 1n) / gtCoverageSectors;
-  if (gdEntries > BigInt(MAX_GD_ENTRIES)) throw corrupt("VMDK_GD_TOO_LARGE", `grain directory of ${gdEntries} entries`);
+  if (gdEntries > BigInt(MAX_GD_ENTRIES))
+    throw corrupt("VMDK_GD_TOO_LARGE", `grain directory of ${gdEntries} entries`);
   if (h.grainOffset * 512n > BigInt(fileSize)) {
     throw corrupt("VMDK_TRUNCATED", `file truncated: expected at least ${h.grainOffset * 512n} bytes`);
   }

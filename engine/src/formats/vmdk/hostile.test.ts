@@ -36,7 +36,13 @@ let counter = 0;
 async function openBytes(bytes: Uint8Array, readOnly = true) {
   const path = scratch.path(`case-${counter++}.vmdk`);
   writeFileSync(path, bytes);
-  return vmdkDriver.open(await openFile(path, readOnly ? "read" : "write"), { readOnly });
+  const file = await openFile(path, readOnly ? "read" : "write");
+  try {
+    return await vmdkDriver.open(file, { readOnly });
+  } catch (err) {
+    await file.close(); // the caller owns the file when open fails
+    throw err;
+  }
 }
 
 async function expectRejected(bytes: Uint8Array, code: string, reason: string): Promise<void> {
@@ -56,7 +62,12 @@ function withDescriptor(text: string): Uint8Array {
   return copy;
 }
 
-const descriptor = (opts: { createType?: string; extents?: string[]; extra?: string[]; parentCID?: string }) =>
+const descriptor = (opts: {
+  createType?: string;
+  extents?: string[];
+  extra?: string[];
+  parentCID?: string;
+}) =>
   [
     "# Disk DescriptorFile",
     "version=1",
@@ -82,14 +93,21 @@ describe("descriptor-level hostility (reliability rows F1–F6, A1)", () => {
   });
 
   test("a text-only twoGbMaxExtentSparse descriptor is refused", async () => {
-    const text = descriptor({ createType: "twoGbMaxExtentSparse", extents: ['RW 2048 SPARSE "disk-s001.vmdk"'] });
+    const text = descriptor({
+      createType: "twoGbMaxExtentSparse",
+      extents: ['RW 2048 SPARSE "disk-s001.vmdk"'],
+    });
     await expectRejected(new TextEncoder().encode(text), "UNSUPPORTED", "VMDK_DESCRIPTOR_FILE");
   });
 
   test.each(["monolithicFlat", "twoGbMaxExtentSparse", "vmfsSparse", "seSparse", "custom"])(
     "embedded createType %s is refused",
     async (createType) => {
-      await expectRejected(withDescriptor(descriptor({ createType })), "UNSUPPORTED", "VMDK_UNSUPPORTED_CREATE_TYPE");
+      await expectRejected(
+        withDescriptor(descriptor({ createType })),
+        "UNSUPPORTED",
+        "VMDK_UNSUPPORTED_CREATE_TYPE",
+      );
     },
   );
 
@@ -101,7 +119,11 @@ describe("descriptor-level hostility (reliability rows F1–F6, A1)", () => {
     ["windows path", 'RW 2048 SPARSE "C:\\\\disks\\\\x.vmdk"'],
     ["offset on a sparse extent", 'RW 2048 SPARSE "disk.vmdk" 7'],
   ])("an extent naming another file (%s) is refused", async (_name, line) => {
-    await expectRejected(withDescriptor(descriptor({ extents: [line] })), "UNSUPPORTED", "VMDK_EXTERNAL_EXTENT");
+    await expectRejected(
+      withDescriptor(descriptor({ extents: [line] })),
+      "UNSUPPORTED",
+      "VMDK_EXTERNAL_EXTENT",
+    );
   });
 
   test("a second extent is refused", async () => {
@@ -110,33 +132,69 @@ describe("descriptor-level hostility (reliability rows F1–F6, A1)", () => {
   });
 
   test("parent links are refused", async () => {
-    await expectRejected(withDescriptor(descriptor({ parentCID: "0badcafe" })), "UNSUPPORTED", "VMDK_PARENT_LINK");
+    await expectRejected(
+      withDescriptor(descriptor({ parentCID: "0badcafe" })),
+      "UNSUPPORTED",
+      "VMDK_PARENT_LINK",
+    );
     const hint = descriptor({ extra: ['parentFileNameHint="/var/lib/images/base.vmdk"'] });
     await expectRejected(withDescriptor(hint), "UNSUPPORTED", "VMDK_PARENT_LINK");
   });
 
   test("unknown line kinds, control characters and extent size mismatches are refused", async () => {
-    await expectRejected(withDescriptor(descriptor({ extra: ["!!! not a descriptor line"] })), "CORRUPT", "VMDK_BAD_DESCRIPTOR");
-    await expectRejected(withDescriptor(descriptor({ extra: ["key=\u0007bell"] })), "CORRUPT", "VMDK_BAD_DESCRIPTOR");
-    await expectRejected(withDescriptor(descriptor({ extents: ['RW 4096 SPARSE "disk.vmdk"'] })), "CORRUPT", "VMDK_EXTENT_SIZE_MISMATCH");
+    await expectRejected(
+      withDescriptor(descriptor({ extra: ["!!! not a descriptor line"] })),
+      "CORRUPT",
+      "VMDK_BAD_DESCRIPTOR",
+    );
+    await expectRejected(
+      withDescriptor(descriptor({ extra: ["key=\u0007bell"] })),
+      "CORRUPT",
+      "VMDK_BAD_DESCRIPTOR",
+    );
+    await expectRejected(
+      withDescriptor(descriptor({ extents: ['RW 4096 SPARSE "disk.vmdk"'] })),
+      "CORRUPT",
+      "VMDK_EXTENT_SIZE_MISMATCH",
+    );
     await expectRejected(withDescriptor(descriptor({ extents: [] })), "CORRUPT", "VMDK_BAD_DESCRIPTOR");
   });
 
   test("a capacity-0 extent deferring to its descriptor is refused", async () => {
-    await expectRejected(patched(sparse, (b) => writeU64(b, 12, 0)), "UNSUPPORTED", "VMDK_DESCRIPTOR_FILE");
+    await expectRejected(
+      patched(sparse, (b) => writeU64(b, 12, 0)),
+      "UNSUPPORTED",
+      "VMDK_DESCRIPTOR_FILE",
+    );
   });
 });
 
 describe("header-level hostility (rows A4, F7–F9)", () => {
   test("bad magic, too small, and VMDK3 are refused", async () => {
-    await expectRejected(patched(sparse, (b) => b.set([0x51, 0x46, 0x49, 0xfb], 0)), "CORRUPT", "VMDK_BAD_MAGIC");
+    await expectRejected(
+      patched(sparse, (b) => b.set([0x51, 0x46, 0x49, 0xfb], 0)),
+      "CORRUPT",
+      "VMDK_BAD_MAGIC",
+    );
     await expectRejected(new Uint8Array([0x4b, 0x44]), "CORRUPT", "VMDK_TOO_SMALL");
-    await expectRejected(patched(sparse, (b) => b.set([0x43, 0x4f, 0x57, 0x44], 0)), "UNSUPPORTED", "VMDK_UNSUPPORTED_VERSION");
+    await expectRejected(
+      patched(sparse, (b) => b.set([0x43, 0x4f, 0x57, 0x44], 0)),
+      "UNSUPPORTED",
+      "VMDK_UNSUPPORTED_VERSION",
+    );
   });
 
   test("huge capacity in a tiny file is refused without allocating its tables", async () => {
-    await expectRejected(patched(sparse, (b) => writeU64(b, 12, 2n ** 40n)), "CORRUPT", "VMDK_TABLE_OUT_OF_RANGE");
-    await expectRejected(patched(sparse, (b) => writeU64(b, 12, 2n ** 50n)), "CORRUPT", "VMDK_BAD_CAPACITY");
+    await expectRejected(
+      patched(sparse, (b) => writeU64(b, 12, 2n ** 40n)),
+      "CORRUPT",
+      "VMDK_TABLE_OUT_OF_RANGE",
+    );
+    await expectRejected(
+      patched(sparse, (b) => writeU64(b, 12, 2n ** 50n)),
+      "CORRUPT",
+      "VMDK_BAD_CAPACITY",
+    );
     // Tiny grains and a huge capacity: a grain directory beyond QEMU's 32 Mi-entry limit.
     const tinyGrains = patched(sparse, (b) => {
       writeU64(b, 12, 2n ** 43n);
@@ -148,16 +206,40 @@ describe("header-level hostility (rows A4, F7–F9)", () => {
   });
 
   test.each([0n, 3n, 0x400000n])("granularity %s is refused", async (granularity) => {
-    await expectRejected(patched(sparse, (b) => writeU64(b, 20, granularity)), "CORRUPT", "VMDK_BAD_GRANULARITY");
+    await expectRejected(
+      patched(sparse, (b) => writeU64(b, 20, granularity)),
+      "CORRUPT",
+      "VMDK_BAD_GRANULARITY",
+    );
   });
 
   test("oversized grain tables, unknown versions, damaged check bytes and truncation are refused", async () => {
-    await expectRejected(patched(sparse, (b) => writeU32(b, 44, 1024)), "CORRUPT", "VMDK_GT_TOO_LARGE");
-    await expectRejected(patched(sparse, (b) => writeU32(b, 4, 4)), "UNSUPPORTED", "VMDK_UNSUPPORTED_VERSION");
-    await expectRejected(patched(sparse, (b) => b.set([0x0a, 0x20, 0x0a, 0x0a], 73)), "CORRUPT", "VMDK_BAD_CHECK_BYTES");
-    await expectRejected(patched(sparse, (b) => writeU16(b, 77, 7)), "UNSUPPORTED", "VMDK_UNSUPPORTED_COMPRESSION");
+    await expectRejected(
+      patched(sparse, (b) => writeU32(b, 44, 1024)),
+      "CORRUPT",
+      "VMDK_GT_TOO_LARGE",
+    );
+    await expectRejected(
+      patched(sparse, (b) => writeU32(b, 4, 4)),
+      "UNSUPPORTED",
+      "VMDK_UNSUPPORTED_VERSION",
+    );
+    await expectRejected(
+      patched(sparse, (b) => b.set([0x0a, 0x20, 0x0a, 0x0a], 73)),
+      "CORRUPT",
+      "VMDK_BAD_CHECK_BYTES",
+    );
+    await expectRejected(
+      patched(sparse, (b) => writeU16(b, 77, 7)),
+      "UNSUPPORTED",
+      "VMDK_UNSUPPORTED_COMPRESSION",
+    );
     await expectRejected(sparse.subarray(0, 60 * 1024), "CORRUPT", "VMDK_TRUNCATED");
-    await expectRejected(patched(sparse, (b) => writeU64(b, 56, 2n ** 30n)), "CORRUPT", "VMDK_TABLE_OUT_OF_RANGE");
+    await expectRejected(
+      patched(sparse, (b) => writeU64(b, 56, 2n ** 30n)),
+      "CORRUPT",
+      "VMDK_TABLE_OUT_OF_RANGE",
+    );
   });
 
   test("a grain directory entry pointing past EOF is refused at open", async () => {
@@ -169,10 +251,18 @@ describe("header-level hostility (rows A4, F7–F9)", () => {
   });
 
   test("a streamOptimized footer without EOS, or pointing at another footer, is refused", async () => {
-    await expectRejected(patched(stream, (b) => writeU32(b, b.length - 512 + 12, 3)), "CORRUPT", "VMDK_BAD_FOOTER");
+    await expectRejected(
+      patched(stream, (b) => writeU32(b, b.length - 512 + 12, 3)),
+      "CORRUPT",
+      "VMDK_BAD_FOOTER",
+    );
     await expectRejected(stream.subarray(0, stream.length - 512), "CORRUPT", "VMDK_BAD_FOOTER");
     const footerHeader = stream.length - 1024;
-    await expectRejected(patched(stream, (b) => writeU64(b, footerHeader + 56, 2n ** 64n - 1n)), "CORRUPT", "VMDK_BAD_FOOTER");
+    await expectRejected(
+      patched(stream, (b) => writeU64(b, footerHeader + 56, 2n ** 64n - 1n)),
+      "CORRUPT",
+      "VMDK_BAD_FOOTER",
+    );
   });
 });
 
@@ -189,7 +279,10 @@ describe("grain-level hostility (row F10)", () => {
       writeU32(b, grainAt + 8, 0x7fffffff);
     });
     const image = await openBytes(bad);
-    await expect(image.read(0, new Uint8Array(512))).rejects.toMatchObject({ code: "CORRUPT", reason: "VMDK_BAD_GRAIN_MARKER" });
+    await expect(image.read(0, new Uint8Array(512))).rejects.toMatchObject({
+      code: "CORRUPT",
+      reason: "VMDK_BAD_GRAIN_MARKER",
+    });
     expect((await image.check({ repair: "none" })).corruptions).toBe(1);
     await image.close();
   });
@@ -202,7 +295,10 @@ describe("grain-level hostility (row F10)", () => {
       b.set(bomb, grainAt + 12);
     });
     const image = await openBytes(bad);
-    await expect(image.read(0, new Uint8Array(512))).rejects.toMatchObject({ code: "CORRUPT", reason: "VMDK_BAD_COMPRESSED_GRAIN" });
+    await expect(image.read(0, new Uint8Array(512))).rejects.toMatchObject({
+      code: "CORRUPT",
+      reason: "VMDK_BAD_COMPRESSED_GRAIN",
+    });
     await image.close();
   });
 
@@ -215,8 +311,12 @@ describe("grain-level hostility (row F10)", () => {
       writeU32(b, gtOffset + 8, 0x00ffffff);
     });
     const image = await openBytes(bad);
-    await expect(image.read(65536, new Uint8Array(512))).rejects.toMatchObject({ reason: "VMDK_GRAIN_OUT_OF_RANGE" });
-    await expect(image.read(131072, new Uint8Array(512))).rejects.toMatchObject({ reason: "VMDK_GRAIN_OUT_OF_RANGE" });
+    await expect(image.read(65536, new Uint8Array(512))).rejects.toMatchObject({
+      reason: "VMDK_GRAIN_OUT_OF_RANGE",
+    });
+    await expect(image.read(131072, new Uint8Array(512))).rejects.toMatchObject({
+      reason: "VMDK_GRAIN_OUT_OF_RANGE",
+    });
     const result = await image.check({ repair: "none" });
     // grain 1 (overlapping the metadata and grain 0), grain 0 (overlapped), grain 2 (past EOF)
     expect(result.corruptions).toBe(3);
@@ -254,7 +354,9 @@ describe("read-only rules", () => {
   test("resize and backing links are unsupported; a same-size truncate is a no-op", async () => {
     const image = await openBytes(sparse, false);
     await image.truncate(SIZE, { prealloc: "off" });
-    await expect(image.truncate(2 * SIZE, { prealloc: "off" })).rejects.toMatchObject({ code: "UNSUPPORTED" });
+    await expect(image.truncate(2 * SIZE, { prealloc: "off" })).rejects.toMatchObject({
+      code: "UNSUPPORTED",
+    });
     await expect(image.setBackingLink({ fileName: "x", format: "vmdk" }, undefined)).rejects.toMatchObject({
       code: "UNSUPPORTED",
     });

@@ -3,7 +3,16 @@ import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import type { BlockImage } from "../../block-image.js";
 import { SECTOR_SIZE } from "./header.js";
 import { vmdkDriver, writeStreamOptimized } from "./index.js";
-import { firstDifference, layerMap, makeScratchDir, openFile, pattern, qemuImg, qemuIo, qemuMap } from "./vmdk-test-helpers.js";
+import {
+  firstDifference,
+  layerMap,
+  makeScratchDir,
+  openFile,
+  pattern,
+  qemuImg,
+  qemuIo,
+  qemuMap,
+} from "./vmdk-test-helpers.js";
 
 // Crosses the 32 MiB grain-table boundary and ends in a partial (4 KiB) grain.
 const SIZE = 33 * 1024 * 1024 + 4096;
@@ -38,7 +47,8 @@ async function exerciseImage(image: BlockImage, expected: Uint8Array, zeroedGrai
 
 async function readAll(image: BlockImage): Promise<Uint8Array> {
   const out = new Uint8Array(image.virtualSize);
-  for (let at = 0; at < out.length; at += 4 * MiB) await image.read(at, out.subarray(at, Math.min(at + 4 * MiB, out.length)));
+  for (let at = 0; at < out.length; at += 4 * MiB)
+    await image.read(at, out.subarray(at, Math.min(at + 4 * MiB, out.length)));
   return out;
 }
 
@@ -82,7 +92,11 @@ describe.each([false, true])("vdisk-written monolithicSparse (zeroedGrain=%s)", 
       const result = await image.check({ repair: "none" });
       expect(result.messages).toEqual([]);
       expect(result.corruptions).toBe(0);
-      expect(image.details().vmdk).toMatchObject({ subformat: "monolithicSparse", grainSize: 65536, parentCid: 0xffffffff });
+      expect(image.details().vmdk).toMatchObject({
+        subformat: "monolithicSparse",
+        grainSize: 65536,
+        parentCid: 0xffffffff,
+      });
     } finally {
       await image.close();
     }
@@ -164,7 +178,17 @@ describe.each([
     expect(convert.code, convert.stderr).toBe(0);
     if (subformat === "monolithicSparse") {
       // Zero a whole allocated grain, whole unallocated grains, and part of a grain.
-      qemuIo(["-f", "vmdk", "-c", "write -z 1M 64k", "-c", "write -z 4M 128k", "-c", "write -z 1100k 4k", path]);
+      qemuIo([
+        "-f",
+        "vmdk",
+        "-c",
+        "write -z 1M 64k",
+        "-c",
+        "write -z 4M 128k",
+        "-c",
+        "write -z 1100k 4k",
+        path,
+      ]);
     }
     expect(qemuImg(["convert", "-f", "vmdk", "-O", "raw", path, rawPath]).code).toBe(0);
   });

@@ -16,8 +16,16 @@ export function checkCreateGeometry(size: number, grainSize: number): void {
   if (size / SECTOR_SIZE > MAX_EXTENT_SECTORS) {
     throw invalidArgument("VMDK_SIZE_TOO_LARGE", "vmdk images are limited to 2^32 sectors (2 TiB)");
   }
-  if (!Number.isSafeInteger(grainSize) || grainSize < 4096 || grainSize > 2 * 1024 * 1024 || (grainSize & (grainSize - 1)) !== 0) {
-    throw invalidArgument("VMDK_BAD_GRAIN_SIZE", "vmdk grain size must be a power of two from 4 KiB to 2 MiB");
+  if (
+    !Number.isSafeInteger(grainSize) ||
+    grainSize < 4096 ||
+    grainSize > 2 * 1024 * 1024 ||
+    (grainSize & (grainSize - 1)) !== 0
+  ) {
+    throw invalidArgument(
+      "VMDK_BAD_GRAIN_SIZE",
+      "vmdk grain size must be a power of two from 4 KiB to 2 MiB",
+    );
   }
 }
 

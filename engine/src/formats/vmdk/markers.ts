@@ -1,5 +1,5 @@
 import { corrupt } from "./errors.js";
-import { hasVmdk4Magic, parseSparseHeader, type SparseHeader, SECTOR_SIZE } from "./header.js";
+import { hasVmdk4Magic, parseSparseHeader, SECTOR_SIZE, type SparseHeader } from "./header.js";
 import { readU32, readU64, writeU32, writeU64 } from "./le.js";
 
 /** streamOptimized metadata marker types (VDF 5.0). */
@@ -42,7 +42,8 @@ export const FOOTER_TAIL_SIZE = 3 * SECTOR_SIZE;
 
 /** Parses and checks the footer tail of a streamOptimized file, returning the header it carries. */
 export function parseFooterTail(tail: Uint8Array): SparseHeader {
-  if (tail.length !== FOOTER_TAIL_SIZE) throw corrupt("VMDK_BAD_FOOTER", "file too short for a streamOptimized footer");
+  if (tail.length !== FOOTER_TAIL_SIZE)
+    throw corrupt("VMDK_BAD_FOOTER", "file too short for a streamOptimized footer");
   const footerMarker = parseMetadataMarker(tail.subarray(0, SECTOR_SIZE));
   const eos = parseMetadataMarker(tail.subarray(2 * SECTOR_SIZE));
   const headerSector = tail.subarray(SECTOR_SIZE, 2 * SECTOR_SIZE);

@@ -1,11 +1,11 @@
-import { corrupt, invalidArgument, quoteImageText, unsupported } from "./errors.js";
 import {
   decodeDescriptorText,
   parseDescriptor,
-  validateEmbeddedDescriptor,
   type VmdkDescriptor,
   type VmdkSubformat,
+  validateEmbeddedDescriptor,
 } from "./descriptor.js";
+import { corrupt, invalidArgument, quoteImageText, unsupported } from "./errors.js";
 import {
   GD_AT_END,
   HEADER_SIZE,
@@ -29,15 +29,20 @@ export interface VmdkMetadata {
 
 /** Fails fast on anything that isn't a VMDK4 sparse extent, naming what it looks like instead. */
 export function checkVmdkIdentity(head: Uint8Array, fileSize: number): void {
-  if (fileSize < 4 || head.length < 4) throw corrupt("VMDK_TOO_SMALL", "file is too small to be a VMDK image");
+  if (fileSize < 4 || head.length < 4)
+    throw corrupt("VMDK_TOO_SMALL", "file is too small to be a VMDK image");
   if (hasVmdk4Magic(head)) {
     if (fileSize < HEADER_SIZE) throw corrupt("VMDK_TRUNCATED", "file shorter than the VMDK header");
     return;
   }
   const magic = String.fromCharCode(head[0]!, head[1]!, head[2]!, head[3]!);
-  if (magic === "COWD") throw unsupported("VMDK_UNSUPPORTED_VERSION", "VMDK3 (COWD) extents are not supported");
+  if (magic === "COWD")
+    throw unsupported("VMDK_UNSUPPORTED_VERSION", "VMDK3 (COWD) extents are not supported");
   if (looksLikeDescriptorText(head)) {
-    throw unsupported("VMDK_DESCRIPTOR_FILE", "text descriptor files (which reference other files) are not supported");
+    throw unsupported(
+      "VMDK_DESCRIPTOR_FILE",
+      "text descriptor files (which reference other files) are not supported",
+    );
   }
   throw corrupt("VMDK_BAD_MAGIC", "not a VMDK image (no KDMV magic)");
 }
@@ -45,7 +50,11 @@ export function checkVmdkIdentity(head: Uint8Array, fileSize: number): void {
 function looksLikeDescriptorText(head: Uint8Array): boolean {
   const sample = head.subarray(0, Math.min(head.length, 1024));
   const text = new TextDecoder("latin1").decode(sample);
-  return /^\s*#\s*Disk DescriptorFile/i.test(text) || /^\s*(#[^\n]*\n\s*)*version\s*=/i.test(text) || /createType\s*=/.test(text);
+  return (
+    /^\s*#\s*Disk DescriptorFile/i.test(text) ||
+    /^\s*(#[^\n]*\n\s*)*version\s*=/i.test(text) ||
+    /createType\s*=/.test(text)
+  );
 }
 
 /** Bytes of the file at [offset, offset + length): synchronous (inspection) or not (open). */
@@ -64,11 +73,16 @@ function* metadataSteps(fileSize: number): Generator<[number, number], VmdkMetad
   if (header.gdOffset === GD_AT_END) {
     // QEMU reads the footer at the last whole sector − 1536.
     const end = Math.floor(fileSize / 512) * 512;
-    if (end < HEADER_SIZE + FOOTER_TAIL_SIZE) throw corrupt("VMDK_BAD_FOOTER", "file too short for a streamOptimized footer");
+    if (end < HEADER_SIZE + FOOTER_TAIL_SIZE)
+      throw corrupt("VMDK_BAD_FOOTER", "file too short for a streamOptimized footer");
     footerOffset = end - FOOTER_TAIL_SIZE;
     const footer = parseFooterTail(yield [footerOffset, FOOTER_TAIL_SIZE]);
     if (footer.gdOffset === GD_AT_END) throw corrupt("VMDK_BAD_FOOTER", "footer points to another footer");
-    if (footer.version !== header.version || footer.descOffset !== header.descOffset || footer.descSize !== header.descSize) {
+    if (
+      footer.version !== header.version ||
+      footer.descOffset !== header.descOffset ||
+      footer.descSize !== header.descSize
+    ) {
       throw corrupt("VMDK_BAD_FOOTER", "footer disagrees with the header");
     }
     header = footer;
@@ -79,12 +93,18 @@ function* metadataSteps(fileSize: number): Generator<[number, number], VmdkMetad
   validateEmbeddedDescriptor(descriptor, layout.capacitySectors);
   const subformat: VmdkSubformat = layout.compressed ? "streamOptimized" : "monolithicSparse";
   if (descriptor.createType !== undefined && descriptor.createType !== subformat) {
-    throw corrupt("VMDK_BAD_DESCRIPTOR", `createType ${quoteImageText(descriptor.createType)} disagrees with the header`);
+    throw corrupt(
+      "VMDK_BAD_DESCRIPTOR",
+      `createType ${quoteImageText(descriptor.createType)} disagrees with the header`,
+    );
   }
   return { layout, descriptor, descriptorText, subformat, footerOffset };
 }
 
-export async function readVmdkMetadata(read: Reader<Promise<Uint8Array>>, fileSize: number): Promise<VmdkMetadata> {
+export async function readVmdkMetadata(
+  read: Reader<Promise<Uint8Array>>,
+  fileSize: number,
+): Promise<VmdkMetadata> {
   const steps = metadataSteps(fileSize);
   let next = steps.next(new Uint8Array(0));
   while (!next.done) {
@@ -117,7 +137,10 @@ export function inspectVmdk(head: Uint8Array, fileSize: number, tail?: Uint8Arra
       const at = offset - (fileSize - tail.length);
       return tail.subarray(at, at + length);
     }
-    throw invalidArgument("VMDK_NEED_MORE_BYTES", `inspection needs bytes ${offset}..${offset + length} of the file`);
+    throw invalidArgument(
+      "VMDK_NEED_MORE_BYTES",
+      `inspection needs bytes ${offset}..${offset + length} of the file`,
+    );
   };
   let next = steps.next(new Uint8Array(0));
   while (!next.done) next = steps.next(read(...next.value));

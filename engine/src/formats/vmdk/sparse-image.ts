@@ -3,11 +3,19 @@ import { inflate } from "node:zlib";
 import type { BackingLink, BlockImage, TruncateOptions } from "../../block-image.js";
 import { EngineError, throwIfAborted } from "../../errors.js";
 import type { HostFile } from "../../host/host-file.js";
-import type { CheckResult, FormatDetails, IoOptions, LayerStatus, Limits, RepairMode, ZeroOptions } from "../../types.js";
+import type {
+  CheckResult,
+  FormatDetails,
+  IoOptions,
+  LayerStatus,
+  Limits,
+  RepairMode,
+  ZeroOptions,
+} from "../../types.js";
 import { checkSparseImage } from "./check.js";
 import { randomCid, replaceCid } from "./descriptor.js";
 import { corrupt, unsupported, vmdkError } from "./errors.js";
-import { GrainTables } from "./grain-tables.js";
+import type { GrainTables } from "./grain-tables.js";
 import { GTE_ZEROED, MAX_EXTENT_SECTORS, type SparseLayout } from "./header.js";
 import { readU32 } from "./le.js";
 import { GRAIN_MARKER_SIZE } from "./markers.js";
@@ -56,7 +64,12 @@ export class VmdkSparseImage implements BlockImage {
     this.virtualSize = meta.layout.virtualSize;
     this.readOnly = readOnly || meta.layout.forceReadOnly || meta.layout.compressed || file.readOnly;
     const grain = meta.layout.grainSize;
-    this.limits = { requestAlignment: 1, maxTransfer: MAX_TRANSFER, zeroAlignment: grain, discardAlignment: grain };
+    this.limits = {
+      requestAlignment: 1,
+      maxTransfer: MAX_TRANSFER,
+      zeroAlignment: grain,
+      discardAlignment: grain,
+    };
     this.nextGrainOffset = Math.ceil(fileSize / grain) * grain;
     this.knownFileEnd = fileSize;
     this.cid = meta.descriptor.cid;
@@ -69,9 +82,14 @@ export class VmdkSparseImage implements BlockImage {
     if (entry === 0) return { kind: "unallocated" };
     if (entry === GTE_ZEROED && this.layout.zeroedGrain) return { kind: "zeroed" };
     const hostOffset = entry * 512;
-    const minimum = this.layout.compressed ? this.layout.descOffset + this.layout.descSize : this.layout.grainOffset;
+    const minimum = this.layout.compressed
+      ? this.layout.descOffset + this.layout.descSize
+      : this.layout.grainOffset;
     if (hostOffset < minimum || hostOffset >= this.knownFileEnd) {
-      throw corrupt("VMDK_GRAIN_OUT_OF_RANGE", `grain ${grainIndex} points to sector ${entry}, outside the data area`);
+      throw corrupt(
+        "VMDK_GRAIN_OUT_OF_RANGE",
+        `grain ${grainIndex} points to sector ${entry}, outside the data area`,
+      );
     }
     return { kind: this.layout.compressed ? "compressed" : "data", hostOffset };
   }
@@ -104,7 +122,8 @@ export class VmdkSparseImage implements BlockImage {
         await flushRun();
         if (state.kind === "compressed") {
           const grain = await this.inflateGrain(grainIndex, state.hostOffset);
-          if (inGrain + n > grain.length) throw corrupt("VMDK_BAD_COMPRESSED_GRAIN", `grain ${grainIndex} is too short`);
+          if (inGrain + n > grain.length)
+            throw corrupt("VMDK_BAD_COMPRESSED_GRAIN", `grain ${grainIndex} is too short`);
           into.set(grain.subarray(inGrain, inGrain + n), done);
         } else {
           into.fill(0, done, done + n);
@@ -161,7 +180,8 @@ export class VmdkSparseImage implements BlockImage {
       if (state.kind === "data") {
         const host = state.hostOffset + inGrain;
         const last = inPlace.at(-1);
-        if (last !== undefined && last.end === done && last.host + (last.end - last.start) === host) last.end = done + n;
+        if (last !== undefined && last.end === done && last.host + (last.end - last.start) === host)
+          last.end = done + n;
         else inPlace.push({ host, start: done, end: done + n });
       } else {
         this.requireTable(grainIndex);
@@ -273,7 +293,11 @@ export class VmdkSparseImage implements BlockImage {
       const gdIndex = Math.floor(whole[i]! / this.layout.gtesPerGt);
       const values: number[] = [];
       let j = i;
-      while (j < whole.length && whole[j] === whole[i]! + (j - i) && Math.floor(whole[j]! / this.layout.gtesPerGt) === gdIndex) {
+      while (
+        j < whole.length &&
+        whole[j] === whole[i]! + (j - i) &&
+        Math.floor(whole[j]! / this.layout.gtesPerGt) === gdIndex
+      ) {
         values.push(GTE_ZEROED);
         j++;
       }
@@ -298,7 +322,12 @@ export class VmdkSparseImage implements BlockImage {
     for (let g = firstGrain + 1; runEnd < limit; g++) {
       const next = await this.grainState(g);
       if (next.kind !== first.kind) break;
-      if (first.kind === "data" && next.kind === "data" && next.hostOffset !== first.hostOffset + (g - firstGrain) * grainSize) break;
+      if (
+        first.kind === "data" &&
+        next.kind === "data" &&
+        next.hostOffset !== first.hostOffset + (g - firstGrain) * grainSize
+      )
+        break;
       runEnd = Math.min(runEnd + grainSize, this.virtualSize);
     }
     const runLength = runEnd - offset;
@@ -308,7 +337,13 @@ export class VmdkSparseImage implements BlockImage {
       case "zeroed":
         return { length: runLength, allocated: true, data: false, zero: true };
       case "data":
-        return { length: runLength, allocated: true, data: true, zero: false, hostOffset: first.hostOffset + (offset - firstGrain * grainSize) };
+        return {
+          length: runLength,
+          allocated: true,
+          data: true,
+          zero: false,
+          hostOffset: first.hostOffset + (offset - firstGrain * grainSize),
+        };
       case "compressed":
         return { length: runLength, allocated: true, data: true, zero: false, compressed: true };
     }
@@ -326,7 +361,8 @@ export class VmdkSparseImage implements BlockImage {
 
   async check(opts: { repair: RepairMode; signal?: AbortSignal }): Promise<CheckResult> {
     this.assertOpen();
-    if (opts.repair !== "none") throw unsupported("VMDK_REPAIR_UNSUPPORTED", "vmdk images cannot be repaired (as in QEMU)");
+    if (opts.repair !== "none")
+      throw unsupported("VMDK_REPAIR_UNSUPPORTED", "vmdk images cannot be repaired (as in QEMU)");
     return this.serialized(() =>
       checkSparseImage({
         file: this.file,
@@ -376,11 +412,13 @@ export class VmdkSparseImage implements BlockImage {
   }
 
   private assertOpen(): void {
-    if (this.closed) throw new EngineError("FAILED_PRECONDITION", "vmdk: image is closed", { reason: "IMAGE_CLOSED" });
+    if (this.closed)
+      throw new EngineError("FAILED_PRECONDITION", "vmdk: image is closed", { reason: "IMAGE_CLOSED" });
   }
 
   private assertWritable(): void {
     this.assertOpen();
-    if (this.readOnly) throw new EngineError("READ_ONLY", "vmdk: image is read-only", { reason: "VMDK_READ_ONLY" });
+    if (this.readOnly)
+      throw new EngineError("READ_ONLY", "vmdk: image is read-only", { reason: "VMDK_READ_ONLY" });
   }
 }

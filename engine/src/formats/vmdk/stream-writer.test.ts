@@ -49,19 +49,32 @@ describe("streamOptimized writer output", () => {
     for (const [table, gtSector] of gd.entries()) {
       expect(parseMetadataMarker(sector(gtSector - 1))).toEqual({ value: 4n, size: 0, type: MARKER_GT });
       const gt = file.subarray(gtSector * SECTOR_SIZE, gtSector * SECTOR_SIZE + 2048);
-      const allocated = [...Array(512).keys()].filter((i) => readU32(gt, i * 4) !== 0).map((i) => table * 512 + i);
+      const allocated = [...Array(512).keys()]
+        .filter((i) => readU32(gt, i * 4) !== 0)
+        .map((i) => table * 512 + i);
       expect(allocated).toEqual(table === 0 ? [0, 3] : [600]);
       for (const grainIndex of allocated) {
         const at = readU32(gt, (grainIndex % 512) * 4) * SECTOR_SIZE;
         expect(readU64(file, at)).toBe(BigInt(grainIndex * 128)); // marker lba = guest sector
         const size = readU32(file, at + 8);
         const data = inflateSync(file.subarray(at + 12, at + 12 + size)); // zlib-wrapped (RFC 1950)
-        expect(Buffer.compare(data, Buffer.from(pattern(GRAIN, grainIndex === 0 ? 1 : grainIndex === 3 ? 2 : 3)))).toBe(0);
+        expect(
+          Buffer.compare(data, Buffer.from(pattern(GRAIN, grainIndex === 0 ? 1 : grainIndex === 3 ? 2 : 3))),
+        ).toBe(0);
       }
     }
 
-    const inspection = inspectVmdk(file.subarray(0, 1024 * 1024), file.length, file.subarray(file.length - 1536));
-    expect(inspection).toMatchObject({ subformat: "streamOptimized", virtualSize: size, grainSize: GRAIN, version: 3 });
+    const inspection = inspectVmdk(
+      file.subarray(0, 1024 * 1024),
+      file.length,
+      file.subarray(file.length - 1536),
+    );
+    expect(inspection).toMatchObject({
+      subformat: "streamOptimized",
+      virtualSize: size,
+      grainSize: GRAIN,
+      version: 3,
+    });
   });
 
   test("an empty disk still gets GD, footer and EOS, and all-zero grains are left out", async () => {
@@ -75,10 +88,16 @@ describe("streamOptimized writer output", () => {
   test("grains must come in increasing order with the exact length", async () => {
     const writer = createStreamOptimizedWriter({ size: 3 * GRAIN + 512, write: async () => {} });
     await writer.writeGrain(1, pattern(GRAIN, 1));
-    await expect(writer.writeGrain(1, pattern(GRAIN, 1))).rejects.toMatchObject({ reason: "VMDK_BAD_GRAIN_INDEX" });
-    await expect(writer.writeGrain(2, pattern(100, 1))).rejects.toMatchObject({ reason: "VMDK_BAD_GRAIN_LENGTH" });
+    await expect(writer.writeGrain(1, pattern(GRAIN, 1))).rejects.toMatchObject({
+      reason: "VMDK_BAD_GRAIN_INDEX",
+    });
+    await expect(writer.writeGrain(2, pattern(100, 1))).rejects.toMatchObject({
+      reason: "VMDK_BAD_GRAIN_LENGTH",
+    });
     await writer.writeGrain(3, pattern(512, 1)); // the short last grain
     await writer.finish();
-    await expect(writer.writeGrain(3, pattern(512, 1))).rejects.toMatchObject({ reason: "VMDK_WRITER_FINISHED" });
+    await expect(writer.writeGrain(3, pattern(512, 1))).rejects.toMatchObject({
+      reason: "VMDK_WRITER_FINISHED",
+    });
   });
 });

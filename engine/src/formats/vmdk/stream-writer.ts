@@ -12,7 +12,6 @@ import {
   SECTOR_SIZE,
   serializeSparseHeader,
 } from "./header.js";
-import { encodeU32Table } from "./le.js";
 import {
   checkCreateGeometry,
   DEFAULT_GRAIN_SIZE,
@@ -23,7 +22,15 @@ import {
   padToSector,
   sectorsFor,
 } from "./layout.js";
-import { GRAIN_MARKER_SIZE, grainMarkerHeader, MARKER_FOOTER, MARKER_GD, MARKER_GT, metadataMarker } from "./markers.js";
+import { encodeU32Table } from "./le.js";
+import {
+  GRAIN_MARKER_SIZE,
+  grainMarkerHeader,
+  MARKER_FOOTER,
+  MARKER_GD,
+  MARKER_GT,
+  metadataMarker,
+} from "./markers.js";
 
 const deflateAsync = promisify(deflate);
 
@@ -66,7 +73,7 @@ export function createStreamOptimizedWriter(opts: StreamOptimizedWriterOptions):
   const grainSize = opts.grainSize ?? DEFAULT_GRAIN_SIZE;
   checkCreateGeometry(opts.size, grainSize);
   const fileName = opts.fileName ?? "disk.vmdk";
-  if (!/^[^/\\"\r\n\u0000]{1,255}$/.test(fileName)) {
+  if (!/^[^/\\"\p{Cc}]{1,255}$/u.test(fileName)) {
     throw invalidArgument("VMDK_BAD_FILE_NAME", "extent name must be a plain file name");
   }
   const capacitySectors = opts.size / SECTOR_SIZE;
@@ -136,7 +143,8 @@ export function createStreamOptimizedWriter(opts: StreamOptimizedWriterOptions):
   // Calls must not overlap: the output is one ordered byte stream.
   const exclusive = async <T>(task: () => Promise<T>): Promise<T> => {
     if (busy) throw invalidArgument("VMDK_WRITER_BUSY", "stream writer calls must not overlap");
-    if (finished) throw vmdkError("FAILED_PRECONDITION", "VMDK_WRITER_FINISHED", "stream writer already finished");
+    if (finished)
+      throw vmdkError("FAILED_PRECONDITION", "VMDK_WRITER_FINISHED", "stream writer already finished");
     busy = true;
     try {
       return await task();
@@ -158,7 +166,10 @@ export function createStreamOptimizedWriter(opts: StreamOptimizedWriterOptions):
         }
         const expected = Math.min(grainSize, opts.size - index * grainSize);
         if (data.length !== expected) {
-          throw invalidArgument("VMDK_BAD_GRAIN_LENGTH", `grain ${index} must be ${expected} bytes, got ${data.length}`);
+          throw invalidArgument(
+            "VMDK_BAD_GRAIN_LENGTH",
+            `grain ${index} must be ${expected} bytes, got ${data.length}`,
+          );
         }
         lastIndex = index;
         if (isAllZero(data)) return;
@@ -195,7 +206,10 @@ export function createStreamOptimizedWriter(opts: StreamOptimizedWriterOptions):
 }
 
 function isAllZero(data: Uint8Array): boolean {
-  const words = data.byteOffset % 4 === 0 && data.length % 4 === 0 ? new Uint32Array(data.buffer, data.byteOffset, data.length / 4) : data;
+  const words =
+    data.byteOffset % 4 === 0 && data.length % 4 === 0
+      ? new Uint32Array(data.buffer, data.byteOffset, data.length / 4)
+      : data;
   for (let i = 0; i < words.length; i++) if (words[i] !== 0) return false;
   return true;
 }
@@ -211,7 +225,10 @@ export interface StreamSource {
 /** Copies a whole source into streamOptimized form in one pass (export/convert); returns bytes produced. */
 export async function writeStreamOptimized(
   source: StreamSource,
-  opts: Omit<StreamOptimizedWriterOptions, "size"> & { signal?: AbortSignal; onProgress?: (done: number, total: number) => void },
+  opts: Omit<StreamOptimizedWriterOptions, "size"> & {
+    signal?: AbortSignal;
+    onProgress?: (done: number, total: number) => void;
+  },
 ): Promise<number> {
   const writer = createStreamOptimizedWriter({ ...opts, size: source.size });
   const buffer = new Uint8Array(writer.grainSize);

@@ -9,20 +9,27 @@ import { openHostFile } from "../../host/node-file.js";
 /** Runs qemu-img (the oracle). A missing binary fails the test loudly rather than skipping it. */
 export function qemuImg(args: string[]): { code: number; stdout: string; stderr: string } {
   const result = spawnSync("qemu-img", args, { encoding: "utf8", timeout: 60_000 });
-  if (result.error) throw new Error(`qemu-img could not run (is qemu-utils installed?): ${result.error.message}`);
+  if (result.error)
+    throw new Error(`qemu-img could not run (is qemu-utils installed?): ${result.error.message}`);
   return { code: result.status ?? -1, stdout: result.stdout, stderr: result.stderr };
 }
 
 export function qemuIo(args: string[]): string {
   const result = spawnSync("qemu-io", args, { encoding: "utf8", timeout: 60_000 });
-  if (result.error) throw new Error(`qemu-io could not run (is qemu-utils installed?): ${result.error.message}`);
-  if (result.status !== 0) throw new Error(`qemu-io ${args.join(" ")} failed: ${result.stderr}${result.stdout}`);
+  if (result.error)
+    throw new Error(`qemu-io could not run (is qemu-utils installed?): ${result.error.message}`);
+  if (result.status !== 0)
+    throw new Error(`qemu-io ${args.join(" ")} failed: ${result.stderr}${result.stdout}`);
   return result.stdout;
 }
 
 export function makeScratchDir(): { dir: string; path: (name: string) => string; remove: () => void } {
   const dir = mkdtempSync(join(tmpdir(), "vdisk-vmdk-"));
-  return { dir, path: (name) => join(dir, name), remove: () => rmSync(dir, { recursive: true, force: true }) };
+  return {
+    dir,
+    path: (name) => join(dir, name),
+    remove: () => rmSync(dir, { recursive: true, force: true }),
+  };
 }
 
 export function openFile(path: string, mode: "read" | "write" | "create"): Promise<HostFile> {
@@ -64,7 +71,13 @@ export async function layerMap(image: BlockImage): Promise<QemuMapEntry[]> {
     const contiguous =
       last !== undefined &&
       (last.offset === undefined ? entry.offset === undefined : entry.offset === last.offset + last.length);
-    if (last && contiguous && last.present === entry.present && last.zero === entry.zero && last.data === entry.data) {
+    if (
+      last &&
+      contiguous &&
+      last.present === entry.present &&
+      last.zero === entry.zero &&
+      last.data === entry.data
+    ) {
       last.length += length;
     } else entries.push(entry);
     at += length;
@@ -75,12 +88,20 @@ export async function layerMap(image: BlockImage): Promise<QemuMapEntry[]> {
 export function qemuMap(path: string): QemuMapEntry[] {
   const r = qemuImg(["map", "--output=json", "-f", "vmdk", path]);
   if (r.code !== 0) throw new Error(`qemu-img map failed: ${r.stderr}`);
-  return (JSON.parse(r.stdout) as (QemuMapEntry & { compressed?: boolean })[]).map(({ compressed: _c, ...e }) => e);
+  return (JSON.parse(r.stdout) as (QemuMapEntry & { compressed?: boolean })[]).map(
+    ({ compressed: _c, ...e }) => e,
+  );
 }
 
 /** Byte equality for large buffers (deep-equal matchers are far too slow at tens of MiB). */
 export function firstDifference(a: Uint8Array, b: Uint8Array): string | undefined {
-  if (Buffer.compare(Buffer.from(a.buffer, a.byteOffset, a.length), Buffer.from(b.buffer, b.byteOffset, b.length)) === 0) return undefined;
+  if (
+    Buffer.compare(
+      Buffer.from(a.buffer, a.byteOffset, a.length),
+      Buffer.from(b.buffer, b.byteOffset, b.length),
+    ) === 0
+  )
+    return undefined;
   if (a.length !== b.length) return `lengths differ: ${a.length} vs ${b.length}`;
   const at = a.findIndex((v, i) => v !== b[i]);
   return `first difference at byte ${at}: ${a[at]} vs ${b[at]}`;
