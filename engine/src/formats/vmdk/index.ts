@@ -7,6 +7,12 @@ import { hasVmdk4Magic } from "./header.js";
 import { readVmdkMetadata } from "./metadata.js";
 import { VmdkSparseImage } from "./sparse-image.js";
 
+/*
+ * The vmdk driver: monolithicSparse read/write and streamOptimized read (opened read-only), both only
+ * as single self-contained files. streamOptimized output for export/convert comes from the single-pass
+ * producer below (createStreamOptimizedWriter / writeStreamOptimized), which never seeks back, so its
+ * bytes can go straight into a network stream. inspectVmdk is the pure check for upload inspection.
+ */
 export { inspectVmdk, type VmdkInspection } from "./metadata.js";
 export {
   createStreamOptimizedWriter,

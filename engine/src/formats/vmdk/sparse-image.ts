@@ -25,6 +25,8 @@ const inflateAsync = promisify(inflate);
 
 /** Largest request the core hands us in one call. */
 const MAX_TRANSFER = 32 * 1024 * 1024;
+/** blockStatus looks at most this many grains per call; its length is only a hint, callers ask again. */
+const MAX_STATUS_GRAINS = 1 << 20;
 
 export type GrainState =
   | { kind: "unallocated" }
@@ -78,7 +80,10 @@ export class VmdkSparseImage implements BlockImage {
 
   /** Classifies one grain from its table entry, rejecting entries that point outside the data area. */
   async grainState(grainIndex: number): Promise<GrainState> {
-    const entry = await this.tables.entry(grainIndex);
+    return this.classify(grainIndex, await this.tables.entry(grainIndex));
+  }
+
+  private classify(grainIndex: number, entry: number): GrainState {
     if (entry === 0) return { kind: "unallocated" };
     if (entry === GTE_ZEROED && this.layout.zeroedGrain) return { kind: "zeroed" };
     const hostOffset = entry * 512;
@@ -318,18 +323,31 @@ export class VmdkSparseImage implements BlockImage {
     const limit = Math.min(offset + length, this.virtualSize);
     const firstGrain = Math.floor(offset / grainSize);
     const first = await this.grainState(firstGrain);
-    let runEnd = Math.min((firstGrain + 1) * grainSize, this.virtualSize);
-    for (let g = firstGrain + 1; runEnd < limit; g++) {
-      const next = await this.grainState(g);
-      if (next.kind !== first.kind) break;
-      if (
-        first.kind === "data" &&
-        next.kind === "data" &&
-        next.hostOffset !== first.hostOffset + (g - firstGrain) * grainSize
-      )
-        break;
-      runEnd = Math.min(runEnd + grainSize, this.virtualSize);
+    const lastGrain = Math.min(Math.ceil(limit / grainSize), firstGrain + MAX_STATUS_GRAINS);
+    // Walk a table at a time: a missing table is a whole run of unallocated grains, no per-grain work.
+    const gtes = this.layout.gtesPerGt;
+    let g = firstGrain + 1;
+    scan: while (g < lastGrain) {
+      const gdIndex = Math.floor(g / gtes);
+      const tableEnd = Math.min((gdIndex + 1) * gtes, lastGrain);
+      const table = await this.tables.readTable(gdIndex);
+      if (table === undefined) {
+        if (first.kind !== "unallocated") break;
+        g = tableEnd;
+        continue;
+      }
+      for (; g < tableEnd; g++) {
+        const next = this.classify(g, table[g - gdIndex * gtes] ?? 0);
+        if (next.kind !== first.kind) break scan;
+        if (
+          first.kind === "data" &&
+          next.kind === "data" &&
+          next.hostOffset !== first.hostOffset + (g - firstGrain) * grainSize
+        )
+          break scan;
+      }
     }
+    const runEnd = Math.min(g * grainSize, this.virtualSize);
     const runLength = runEnd - offset;
     switch (first.kind) {
       case "unallocated":
