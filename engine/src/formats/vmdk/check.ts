@@ -15,6 +15,8 @@ export interface CheckInput {
   signal: AbortSignal | undefined;
 }
 
+const PREFETCH_TABLES = 256;
+
 /** A byte range of the host file and what claims it, for overlap detection. */
 interface Claim {
   start: number;
@@ -58,6 +60,7 @@ export async function checkSparseImage(input: CheckInput): Promise<CheckResult> 
   const marker = new Uint8Array(GRAIN_MARKER_SIZE);
   for (let gdIndex = 0; gdIndex < layout.gdEntries; gdIndex++) {
     throwIfAborted(input.signal);
+    if (gdIndex % PREFETCH_TABLES === 0) await tables.prefetch(gdIndex, PREFETCH_TABLES);
     const table = await tables.readTable(gdIndex);
     if (table === undefined) continue;
     claims.push({

@@ -21,6 +21,8 @@ export class GrainTables {
   private readonly cache = new Map<number, CachedTable>();
   private readonly loading = new Map<number, Promise<CachedTable>>();
   private readonly tableBytes: number;
+  /** Bumped by every update, so a bulk read that raced with one doesn't cache what it read. */
+  private readonly versions = new Map<number, number>();
 
   constructor(
     private readonly file: HostFile,
@@ -78,6 +80,7 @@ export class GrainTables {
     }
     const table = await this.table(gdIndex);
     table.pins++;
+    this.versions.set(gdIndex, (this.versions.get(gdIndex) ?? 0) + 1);
     const previous = table.entries.slice(firstEntry, firstEntry + values.length);
     table.entries.set(values, firstEntry);
     try {
@@ -90,6 +93,43 @@ export class GrainTables {
       throw err;
     } finally {
       table.pins--;
+    }
+  }
+
+  /**
+   * Loads up to `count` tables from `gdIndex` on with one read per run of tables that lie back to back
+   * on disk (they do in QEMU's and our layout), for whole-image walks (map, check).
+   */
+  async prefetch(gdIndex: number, count: number): Promise<void> {
+    const end = Math.min(this.gd.length, gdIndex + Math.min(count, MAX_CACHED_TABLES / 2));
+    const stride = Math.ceil(this.tableBytes / 512);
+    for (let first = gdIndex; first < end; ) {
+      if (this.gd[first] === 0 || this.cache.has(first) || this.loading.has(first)) {
+        first++;
+        continue;
+      }
+      let last = first;
+      while (
+        last + 1 < end &&
+        this.gd[last + 1] === (this.gd[last] ?? 0) + stride &&
+        !this.cache.has(last + 1) &&
+        !this.loading.has(last + 1)
+      )
+        last++;
+      const versions = Array.from({ length: last - first + 1 }, (_, i) => this.versions.get(first + i) ?? 0);
+      const raw = new Uint8Array((last - first) * stride * 512 + this.tableBytes);
+      await this.file.readFull((this.gd[first] ?? 0) * 512, raw);
+      for (let i = first; i <= last; i++) {
+        if (this.cache.has(i) || this.loading.has(i) || (this.versions.get(i) ?? 0) !== versions[i - first])
+          continue;
+        const at = (i - first) * stride * 512;
+        this.evictIfFull();
+        this.cache.set(i, {
+          entries: readU32Table(raw.subarray(at, at + this.tableBytes), this.layout.gtesPerGt),
+          pins: 0,
+        });
+      }
+      first = last + 1;
     }
   }
 

@@ -330,21 +330,29 @@ export class VmdkSparseImage implements BlockImage {
     scan: while (g < lastGrain) {
       const gdIndex = Math.floor(g / gtes);
       const tableEnd = Math.min((gdIndex + 1) * gtes, lastGrain);
+      if (gdIndex !== Math.floor((g - 1) / gtes) || g === firstGrain + 1) {
+        await this.tables.prefetch(gdIndex, Math.ceil((lastGrain - g) / gtes));
+      }
       const table = await this.tables.readTable(gdIndex);
       if (table === undefined) {
         if (first.kind !== "unallocated") break;
         g = tableEnd;
         continue;
       }
+      // Compare raw entries (no per-grain objects): this loop runs over millions of grains on big disks.
+      const base = gdIndex * gtes;
       for (; g < tableEnd; g++) {
-        const next = this.classify(g, table[g - gdIndex * gtes] ?? 0);
-        if (next.kind !== first.kind) break scan;
-        if (
-          first.kind === "data" &&
-          next.kind === "data" &&
-          next.hostOffset !== first.hostOffset + (g - firstGrain) * grainSize
-        )
-          break scan;
+        const entry = table[g - base] ?? 0;
+        if (first.kind === "unallocated") {
+          if (entry !== 0) break scan;
+        } else if (first.kind === "zeroed") {
+          if (entry !== GTE_ZEROED) break scan;
+        } else {
+          if (entry === 0 || (entry === GTE_ZEROED && this.layout.zeroedGrain)) break scan;
+          if (first.kind === "data" && entry * 512 !== first.hostOffset + (g - firstGrain) * grainSize)
+            break scan;
+          this.classify(g, entry); // range check
+        }
       }
     }
     const runEnd = Math.min(g * grainSize, this.virtualSize);
