@@ -172,7 +172,8 @@ export function validateSparseHeader(h: SparseHeader, fileSize: number): SparseL
   if (!regionFits(h.gdOffset, gdBytes, fileSize)) {
     throw corrupt("VMDK_TABLE_OUT_OF_RANGE", "grain directory lies outside the file");
   }
-  const hasRgd = (h.flags & FLAG_REDUNDANT_GD) !== 0;
+  // Like QEMU, a redundant-GD flag with offset 0 means there is none.
+  const hasRgd = (h.flags & FLAG_REDUNDANT_GD) !== 0 && h.rgdOffset !== 0n;
   if (hasRgd && !regionFits(h.rgdOffset, gdBytes, fileSize)) {
     throw corrupt("VMDK_TABLE_OUT_OF_RANGE", "redundant grain directory lies outside the file");
   }

@@ -363,3 +363,20 @@ describe("read-only rules", () => {
     await image.close();
   });
 });
+
+describe("upload inspector", () => {
+  test("asks for more bytes instead of guessing when the descriptor or footer is missing", () => {
+    expect(() => inspectVmdk(sparse.subarray(0, 512), sparse.length)).toThrow(
+      expect.objectContaining({ code: "INVALID_ARGUMENT", reason: "VMDK_NEED_MORE_BYTES" }),
+    );
+    expect(() => inspectVmdk(stream.subarray(0, 64 * 1024), stream.length)).toThrow(
+      expect.objectContaining({ reason: "VMDK_NEED_MORE_BYTES" }),
+    );
+    expect(inspectVmdk(sparse.subarray(0, 64 * 1024), sparse.length)).toMatchObject({
+      subformat: "monolithicSparse",
+      virtualSize: SIZE,
+      version: 1,
+      zeroedGrain: false,
+    });
+  });
+});

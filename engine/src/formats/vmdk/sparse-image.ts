@@ -87,9 +87,7 @@ export class VmdkSparseImage implements BlockImage {
     if (entry === 0) return { kind: "unallocated" };
     if (entry === GTE_ZEROED && this.layout.zeroedGrain) return { kind: "zeroed" };
     const hostOffset = entry * 512;
-    const minimum = this.layout.compressed
-      ? this.layout.descOffset + this.layout.descSize
-      : this.layout.grainOffset;
+    const minimum = Math.max(this.layout.grainOffset, this.layout.descOffset + this.layout.descSize);
     if (hostOffset < minimum || hostOffset >= this.knownFileEnd) {
       throw corrupt(
         "VMDK_GRAIN_OUT_OF_RANGE",
