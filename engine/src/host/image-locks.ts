@@ -24,7 +24,6 @@ type PermissionBit = (typeof PERMISSIONS)[number]["bit"];
 
 const CONSISTENT_READ: PermissionBit = 0;
 const WRITE: PermissionBit = 1;
-const WRITE_UNCHANGED: PermissionBit = 2;
 const RESIZE: PermissionBit = 3;
 
 interface LockPlan {
@@ -33,18 +32,25 @@ interface LockPlan {
 }
 
 /**
- * exclusive: what a QEMU writer holds (qemu-io/qemu-system on a rw image): uses read, write, write-unchanged
- * and resize; shares read and write-unchanged, so other readers that tolerate change (-U) still work.
- * shared: what `qemu-img info` (no -U) holds: uses consistent read and refuses writers and resizers,
- * because its view of the metadata must not change underneath it.
+ * Mirrors what QEMU 7.2 holds on a qcow2 image (observed in /proc/locks):
+ * exclusive = a writer (qemu-system / qemu-io on a rw image): uses consistent read, write and resize and
+ *   refuses to share write and resize (bytes 100, 101, 103, 201, 203). Readers that tolerate change
+ *   (`qemu-img info -U`, force-share) still get in; QEMU writers and plain readers do not.
+ * shared = a plain reader (`qemu-img info` without -U, `qemu-io -r`): uses consistent read and refuses
+ *   writers and resizers, because its view of the metadata must not change underneath it (100, 201, 203).
+ * WRITE_UNCHANGED is never claimed: QEMU's writers don't either, and claiming it would only make us
+ * conflict with a process that refuses to share it.
  */
 const PLANS: Record<LockMode, LockPlan> = {
-  exclusive: { used: [CONSISTENT_READ, WRITE, WRITE_UNCHANGED, RESIZE], unshared: [WRITE, RESIZE] },
+  exclusive: { used: [CONSISTENT_READ, WRITE, RESIZE], unshared: [WRITE, RESIZE] },
   shared: { used: [CONSISTENT_READ], unshared: [WRITE, RESIZE] },
 };
 
 function lockBytes(plan: LockPlan): Set<number> {
-  return new Set([...plan.used.map((p) => LOCK_PERM_BASE + p), ...plan.unshared.map((p) => LOCK_SHARED_BASE + p)]);
+  return new Set([
+    ...plan.used.map((p) => LOCK_PERM_BASE + p),
+    ...plan.unshared.map((p) => LOCK_SHARED_BASE + p),
+  ]);
 }
 
 const ALL_LOCK_BYTES = PERMISSIONS.flatMap((p) => [LOCK_PERM_BASE + p.bit, LOCK_SHARED_BASE + p.bit]);
@@ -69,7 +75,8 @@ function setLockBytes(fd: number, mode: LockMode | null): void {
     } catch (err) {
       // Someone holds a write lock on the byte: only possible if another tool locks exclusively.
       const code = (err as { code?: unknown }).code;
-      if (code === "EAGAIN" || code === "EACCES") throw imageLocked(`byte ${byte} is locked exclusively`, byte);
+      if (code === "EAGAIN" || code === "EACCES")
+        throw imageLocked(`byte ${byte} is locked exclusively`, byte);
       throw EngineError.from(err);
     }
   }
