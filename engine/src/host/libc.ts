@@ -1,0 +1,141 @@
+import { constants as osConstants } from "node:os";
+import * as koffi from "koffi";
+
+/**
+ * The few Linux calls Node's fs lacks (fallocate, lseek SEEK_DATA/SEEK_HOLE, OFD locks), called through
+ * koffi. Failures become Errors with a Node-style string `code` ("ENOSPC") so EngineError.from maps them
+ * like any fs error. off_t is 64-bit on every 64-bit Linux ABI, hence int64_t.
+ */
+
+export const FALLOC_FL_KEEP_SIZE = 0x01;
+export const FALLOC_FL_PUNCH_HOLE = 0x02;
+export const FALLOC_FL_ZERO_RANGE = 0x10;
+
+export const SEEK_DATA = 3;
+export const SEEK_HOLE = 4;
+
+export const F_OFD_GETLK = 36;
+export const F_OFD_SETLK = 37;
+export const F_RDLCK = 0;
+export const F_WRLCK = 1;
+export const F_UNLCK = 2;
+const SEEK_SET = 0;
+
+export interface FlockRecord {
+  l_type: number;
+  l_whence: number;
+  l_start: number;
+  l_len: number;
+  l_pid: number;
+}
+
+type NativeFunction = ReturnType<koffi.LibraryHandle["func"]>;
+
+interface Bindings {
+  fallocate: NativeFunction;
+  lseek: NativeFunction;
+  fcntlLock: NativeFunction;
+}
+
+let bindings: Bindings | undefined;
+
+/** Loaded on first use so that importing the engine (or using only the memory file) needs no libc. */
+function libc(): Bindings {
+  if (bindings === undefined) {
+    if (process.platform !== "linux") {
+      throw Object.assign(new Error("host file calls need Linux"), { code: "ENOSYS" });
+    }
+    const lib = koffi.load("libc.so.6");
+    // x86_64/aarch64 layout: short, short, (pad), off_t, off_t, pid_t, (pad) = 32 bytes.
+    const flock = koffi.struct("vdisk_flock", {
+      l_type: "short",
+      l_whence: "short",
+      l_start: "int64_t",
+      l_len: "int64_t",
+      l_pid: "int",
+    });
+    bindings = {
+      fallocate: lib.func("int fallocate(int fd, int mode, int64_t offset, int64_t len)"),
+      lseek: lib.func("int64_t lseek(int fd, int64_t offset, int whence)"),
+      // fcntl is variadic in C; for integer/pointer arguments the fixed-argument call is ABI-identical on
+      // the Linux 64-bit ABIs, and a fixed prototype lets koffi copy the struct back (_Inout_).
+      fcntlLock: lib.func("fcntl", "int", ["int", "int", koffi.inout(koffi.pointer(flock))]),
+    };
+  }
+  return bindings;
+}
+
+const errnoNames = new Map<number, string>();
+for (const [name, value] of Object.entries(osConstants.errno)) {
+  // Aliases share a number (ENOTSUP/EOPNOTSUPP); either name maps to the same engine code.
+  if (!errnoNames.has(value)) errnoNames.set(value, name);
+}
+
+/** An Error shaped like Node's fs errors, so EngineError.from and callers can test `code`. */
+export function errnoError(errno: number, syscall: string): NodeJS.ErrnoException {
+  const code = errnoNames.get(errno) ?? "EIO";
+  const err: NodeJS.ErrnoException = new Error(`${syscall} failed: ${code}`);
+  err.code = code;
+  err.errno = -errno;
+  err.syscall = syscall;
+  return err;
+}
+
+export function isUnsupportedErrno(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return code === "EOPNOTSUPP" || code === "ENOTSUP" || code === "ENOSYS";
+}
+
+/** Blocking fallocate; only for tiny probe calls. */
+export function fallocateSync(fd: number, mode: number, offset: number, length: number): void {
+  const rc = libc().fallocate(fd, mode, offset, length) as number;
+  if (rc !== 0) throw errnoError(koffi.errno(), "fallocate");
+}
+
+/** fallocate on a koffi worker thread: allocating or zeroing gigabytes must not stall the event loop. */
+export function fallocate(fd: number, mode: number, offset: number, length: number): Promise<void> {
+  const fn = libc().fallocate;
+  return new Promise((resolve, reject) => {
+    fn.async(fd, mode, offset, length, (err: unknown, rc: number) => {
+      if (err) reject(err);
+      // koffi hands the worker thread's errno to the completion callback.
+      else if (rc !== 0) reject(errnoError(koffi.errno(), "fallocate"));
+      else resolve();
+    });
+  });
+}
+
+/**
+ * lseek with SEEK_DATA / SEEK_HOLE. Returns null on ENXIO (no data at or after `offset`, or offset at or
+ * past end of file). These calls only read extent metadata, so they stay synchronous.
+ */
+export function seek(fd: number, offset: number, whence: typeof SEEK_DATA | typeof SEEK_HOLE): number | null {
+  const result = libc().lseek(fd, offset, whence) as number | bigint;
+  const position = Number(result);
+  if (position < 0) {
+    const errno = koffi.errno();
+    if (errno === osConstants.errno.ENXIO) return null;
+    throw errnoError(errno, "lseek");
+  }
+  return position;
+}
+
+/** F_OFD_SETLK (non-blocking) on one byte range. type F_RDLCK/F_WRLCK/F_UNLCK. */
+export function ofdSetLock(fd: number, type: number, start: number, length: number): void {
+  const record: FlockRecord = { l_type: type, l_whence: SEEK_SET, l_start: start, l_len: length, l_pid: 0 };
+  const rc = libc().fcntlLock(fd, F_OFD_SETLK, record) as number;
+  if (rc !== 0) throw errnoError(koffi.errno(), "fcntl(F_OFD_SETLK)");
+}
+
+/**
+ * F_OFD_GETLK: would a lock of `type` on the range conflict with another open file description's lock?
+ * Returns the conflicting lock's type, or F_UNLCK when there is none. Locks of our own description never
+ * conflict with themselves.
+ */
+export function ofdTestLock(fd: number, type: number, start: number, length: number): number {
+  // OFD GETLK requires l_pid = 0 on input.
+  const record: FlockRecord = { l_type: type, l_whence: SEEK_SET, l_start: start, l_len: length, l_pid: 0 };
+  const rc = libc().fcntlLock(fd, F_OFD_GETLK, record) as number;
+  if (rc !== 0) throw errnoError(koffi.errno(), "fcntl(F_OFD_GETLK)");
+  return record.l_type;
+}

@@ -1,0 +1,358 @@
+import { constants as fsConstants } from "node:fs";
+import { type FileHandle, open } from "node:fs/promises";
+import { dirname } from "node:path";
+import { EngineError, throwIfAborted } from "../errors.js";
+import type { IoOptions } from "../types.js";
+import type { HostCapabilities, HostFile, LockMode } from "./host-file.js";
+import { changeImageLock, releaseImageLock } from "./image-locks.js";
+import {
+  F_WRLCK,
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FALLOC_FL_ZERO_RANGE,
+  SEEK_DATA,
+  SEEK_HOLE,
+  fallocate,
+  fallocateSync,
+  isUnsupportedErrno,
+  ofdTestLock,
+  seek,
+} from "./libc.js";
+import { checkRange } from "./range.js";
+
+export interface OpenHostFileOptions {
+  readOnly: boolean;
+  /** "new": O_CREAT|O_EXCL (fails with ALREADY_EXISTS); "truncate": O_CREAT|O_TRUNC. */
+  create?: "new" | "truncate";
+  /**
+   * Replaces fdatasync(2) for this file. Only for tests that must see an fsync fail, which no healthy
+   * local file system does on demand.
+   */
+  datasync?: (fd: number) => Promise<void>;
+}
+
+/** Node caps one read/write at 2 GiB - 1; larger requests are issued in pieces of this size. */
+const MAX_IO_CHUNK = 1 << 30;
+/** O_TMPFILE is __O_TMPFILE | O_DIRECTORY; O_DIRECTORY differs between architectures, Node knows it. */
+const O_TMPFILE = 0o20000000 | fsConstants.O_DIRECTORY;
+const PROBE_LENGTH = 4096;
+
+export async function openHostFile(path: string, opts: OpenHostFileOptions): Promise<HostFile> {
+  if (opts.readOnly && opts.create !== undefined) {
+    throw new EngineError("INVALID_ARGUMENT", "cannot create a file opened read-only", { reason: "READ_ONLY_CREATE" });
+  }
+  let flags = opts.readOnly ? fsConstants.O_RDONLY : fsConstants.O_RDWR;
+  if (opts.create === "new") flags |= fsConstants.O_CREAT | fsConstants.O_EXCL;
+  if (opts.create === "truncate") flags |= fsConstants.O_CREAT | fsConstants.O_TRUNC;
+  let handle: FileHandle;
+  try {
+    handle = await open(path, flags, 0o644);
+  } catch (err) {
+    throw EngineError.from(err);
+  }
+  try {
+    const stat = await handle.stat();
+    if (!stat.isFile()) {
+      throw new EngineError("INVALID_ARGUMENT", "host path is not a regular file", { reason: "NOT_A_REGULAR_FILE" });
+    }
+    const capabilities = await probeCapabilities(handle.fd, path, opts.readOnly);
+    return new NodeHostFile(handle, opts.readOnly, capabilities, opts.datasync);
+  } catch (err) {
+    await handle.close().catch(() => undefined);
+    throw EngineError.from(err);
+  }
+}
+
+/**
+ * Probed once at open. fallocate modes are tried on an unnamed O_TMPFILE in the same directory (same file
+ * system), because no fallocate call on the image itself is both harmless and able to reveal support:
+ * a zero length fails with EINVAL before the file system is even asked. Without O_TMPFILE the modes are
+ * assumed present and switched off at the first EOPNOTSUPP.
+ */
+async function probeCapabilities(fd: number, path: string, readOnly: boolean): Promise<HostCapabilities> {
+  const caps: HostCapabilities = {
+    allocate: !readOnly,
+    punchHole: !readOnly,
+    zeroRange: !readOnly,
+    seekData: probe(() => seek(fd, 0, SEEK_DATA)),
+    ofdLocks: probe(() => ofdTestLock(fd, F_WRLCK, 100, 1)),
+  };
+  if (readOnly) return caps;
+  let scratch: FileHandle;
+  try {
+    scratch = await open(dirname(path), fsConstants.O_RDWR | O_TMPFILE, 0o600);
+  } catch {
+    return caps;
+  }
+  try {
+    const sfd = scratch.fd;
+    caps.allocate = probe(() => fallocateSync(sfd, 0, 0, PROBE_LENGTH));
+    caps.zeroRange = probe(() => fallocateSync(sfd, FALLOC_FL_ZERO_RANGE, 0, PROBE_LENGTH));
+    caps.punchHole = probe(() => fallocateSync(sfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, PROBE_LENGTH));
+  } finally {
+    await scratch.close();
+  }
+  return caps;
+}
+
+/** A call that fails with "not supported" (or EINVAL: unknown mode/command) means the capability is absent. */
+function probe(call: () => unknown): boolean {
+  try {
+    call();
+    return true;
+  } catch (err) {
+    const code = (err as { code?: unknown }).code;
+    return !(isUnsupportedErrno(err) || code === "EINVAL");
+  }
+}
+
+class NodeHostFile implements HostFile {
+  readonly readOnly: boolean;
+  readonly capabilities: HostCapabilities;
+  private readonly handle: FileHandle;
+  private readonly datasyncOverride: ((fd: number) => Promise<void>) | undefined;
+  private fsyncFailure: unknown = undefined;
+  private lockMode: LockMode | null = null;
+
+  constructor(
+    handle: FileHandle,
+    readOnly: boolean,
+    capabilities: HostCapabilities,
+    datasync: ((fd: number) => Promise<void>) | undefined,
+  ) {
+    this.handle = handle;
+    this.readOnly = readOnly;
+    this.capabilities = capabilities;
+    this.datasyncOverride = datasync;
+  }
+
+  async size(): Promise<number> {
+    return (await this.stat()).size;
+  }
+
+  async allocatedBytes(): Promise<number> {
+    return (await this.stat()).blocks * 512;
+  }
+
+  async read(offset: number, into: Uint8Array, opts?: IoOptions): Promise<number> {
+    checkRange(offset, into.length);
+    let done = 0;
+    try {
+      while (done < into.length) {
+        throwIfAborted(opts?.signal);
+        const length = Math.min(into.length - done, MAX_IO_CHUNK);
+        const { bytesRead } = await this.handle.read(into, done, length, offset + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+    } catch (err) {
+      throw EngineError.from(err);
+    }
+    return done;
+  }
+
+  async readFull(offset: number, into: Uint8Array, opts?: IoOptions): Promise<void> {
+    const n = await this.read(offset, into, opts);
+    if (n < into.length) into.fill(0, n);
+  }
+
+  async write(offset: number, data: Uint8Array, opts?: IoOptions): Promise<void> {
+    checkRange(offset, data.length);
+    this.checkWritable();
+    let done = 0;
+    try {
+      while (done < data.length) {
+        throwIfAborted(opts?.signal);
+        const length = Math.min(data.length - done, MAX_IO_CHUNK);
+        const { bytesWritten } = await this.handle.write(data, done, length, offset + done);
+        done += bytesWritten;
+      }
+    } catch (err) {
+      throw EngineError.from(err);
+    }
+    if (opts?.fua) await this.flush();
+  }
+
+  async writev(offset: number, buffers: readonly Uint8Array[], opts?: IoOptions): Promise<void> {
+    const total = buffers.reduce((sum, b) => sum + b.length, 0);
+    checkRange(offset, total);
+    this.checkWritable();
+    let pending = buffers.filter((b) => b.length > 0);
+    let position = offset;
+    try {
+      while (pending.length > 0) {
+        throwIfAborted(opts?.signal);
+        const batch = takeBatch(pending, MAX_IO_CHUNK);
+        const { bytesWritten } = await this.handle.writev(batch, position);
+        position += bytesWritten;
+        pending = dropWritten(pending, bytesWritten);
+      }
+    } catch (err) {
+      throw EngineError.from(err);
+    }
+    if (opts?.fua) await this.flush();
+  }
+
+  async truncate(size: number): Promise<void> {
+    checkRange(size, 0);
+    this.checkWritable();
+    try {
+      await this.handle.truncate(size);
+    } catch (err) {
+      throw EngineError.from(err);
+    }
+  }
+
+  async flush(): Promise<void> {
+    this.checkFsyncHealthy();
+    try {
+      if (this.datasyncOverride) await this.datasyncOverride(this.handle.fd);
+      else await this.handle.datasync();
+    } catch (err) {
+      // After a failed fsync the kernel may have dropped the dirty pages and cleared the error: a retry
+      // could "succeed" over lost data. The file is unusable for writing from here on.
+      this.fsyncFailure = err;
+      throw fsyncFailed(err);
+    }
+  }
+
+  async allocate(offset: number, length: number, keepSize = false): Promise<void> {
+    await this.fallocate("allocate", keepSize ? FALLOC_FL_KEEP_SIZE : 0, offset, length);
+  }
+
+  async punchHole(offset: number, length: number): Promise<void> {
+    await this.fallocate("punchHole", FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+  }
+
+  async zeroRange(offset: number, length: number, keepSize = false): Promise<void> {
+    await this.fallocate("zeroRange", FALLOC_FL_ZERO_RANGE | (keepSize ? FALLOC_FL_KEEP_SIZE : 0), offset, length);
+  }
+
+  async seekData(offset: number): Promise<number | null> {
+    checkRange(offset, 0);
+    if (!this.capabilities.seekData) return offset < (await this.size()) ? offset : null;
+    try {
+      return seek(this.handle.fd, offset, SEEK_DATA);
+    } catch (err) {
+      throw EngineError.from(err);
+    }
+  }
+
+  async seekHole(offset: number): Promise<number> {
+    checkRange(offset, 0);
+    if (!this.capabilities.seekData) return Math.max(offset, await this.size());
+    try {
+      // ENXIO (offset at or past end of file): everything from there on is a hole.
+      return seek(this.handle.fd, offset, SEEK_HOLE) ?? offset;
+    } catch (err) {
+      throw EngineError.from(err);
+    }
+  }
+
+  async lockImage(mode: LockMode): Promise<void> {
+    if (!this.capabilities.ofdLocks) return;
+    changeImageLock(this.handle.fd, this.lockMode, mode);
+    this.lockMode = mode;
+  }
+
+  async unlockImage(): Promise<void> {
+    if (!this.capabilities.ofdLocks || this.lockMode === null) return;
+    releaseImageLock(this.handle.fd);
+    this.lockMode = null;
+  }
+
+  async close(): Promise<void> {
+    // Closing the only descriptor of the open file description drops its OFD locks.
+    this.lockMode = null;
+    try {
+      await this.handle.close();
+    } catch (err) {
+      throw EngineError.from(err);
+    }
+  }
+
+  private async fallocate(
+    capability: "allocate" | "punchHole" | "zeroRange",
+    mode: number,
+    offset: number,
+    length: number,
+  ): Promise<void> {
+    checkRange(offset, length);
+    this.checkWritable();
+    if (!this.capabilities[capability]) throw unsupported(capability);
+    if (length === 0) return;
+    try {
+      await fallocate(this.handle.fd, mode, offset, length);
+    } catch (err) {
+      if (isUnsupportedErrno(err)) {
+        this.capabilities[capability] = false;
+        throw unsupported(capability, err);
+      }
+      throw EngineError.from(err);
+    }
+  }
+
+  private async stat(): Promise<{ size: number; blocks: number }> {
+    try {
+      return await this.handle.stat();
+    } catch (err) {
+      throw EngineError.from(err);
+    }
+  }
+
+  private checkWritable(): void {
+    if (this.readOnly) throw new EngineError("READ_ONLY", "file is open read-only", { reason: "HOST_READ_ONLY" });
+    this.checkFsyncHealthy();
+  }
+
+  private checkFsyncHealthy(): void {
+    if (this.fsyncFailure !== undefined) throw fsyncFailed(this.fsyncFailure);
+  }
+}
+
+function fsyncFailed(cause: unknown): EngineError {
+  const errno = (cause as { code?: unknown } | null)?.code;
+  return new EngineError("FSYNC_FAILED", "flushing the file to stable storage failed; the file is no longer writable", {
+    reason: "HOST_FSYNC_FAILED",
+    metadata: typeof errno === "string" ? { errno } : {},
+    cause,
+  });
+}
+
+const UNSUPPORTED_REASONS = {
+  allocate: "HOST_FALLOCATE_UNSUPPORTED",
+  punchHole: "HOST_PUNCH_HOLE_UNSUPPORTED",
+  zeroRange: "HOST_ZERO_RANGE_UNSUPPORTED",
+} as const;
+
+function unsupported(capability: keyof typeof UNSUPPORTED_REASONS, cause?: unknown): EngineError {
+  return new EngineError("UNSUPPORTED", `the host file system does not support ${capability}`, {
+    reason: UNSUPPORTED_REASONS[capability],
+    cause,
+  });
+}
+
+/** Leading buffers totalling at most `limit` bytes (at least one), so one writev stays under Node's cap. */
+function takeBatch(buffers: readonly Uint8Array[], limit: number): Uint8Array[] {
+  const batch: Uint8Array[] = [];
+  let bytes = 0;
+  for (const b of buffers) {
+    if (batch.length > 0 && bytes + b.length > limit) break;
+    batch.push(b.length > limit ? b.subarray(0, limit) : b);
+    bytes += b.length;
+  }
+  return batch;
+}
+
+/** The buffers still to write after a (possibly short) writev of `written` bytes. */
+function dropWritten(buffers: readonly Uint8Array[], written: number): Uint8Array[] {
+  let skip = written;
+  let i = 0;
+  while (i < buffers.length && skip >= buffers[i].length) {
+    skip -= buffers[i].length;
+    i++;
+  }
+  const rest = buffers.slice(i);
+  if (skip > 0 && rest.length > 0) rest[0] = rest[0].subarray(skip);
+  return rest;
+}
