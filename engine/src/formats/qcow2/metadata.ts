@@ -34,6 +34,8 @@ export class Qcow2Metadata {
   readonly l2: MetadataCache;
   refcounts!: RefcountManager;
   snapshots: SnapshotEntry[] = [];
+  /** Bytes of the snapshot table (for refcount checks). */
+  snapshotTableBytes = 0;
   /** Something was written since the last fdatasync. */
   private unsynced = false;
   /** Set once corruption was detected: writes stop. */
@@ -56,6 +58,23 @@ export class Qcow2Metadata {
     this.l1View = new DataView(l1.buffer, l1.byteOffset, l1.byteLength);
     const l2Bytes = this.layout.clusterSize;
     this.l2 = new MetadataCache(file, l2Bytes, Math.max(16, Math.floor(L2_CACHE_BYTES / l2Bytes)));
+  }
+
+  /** Installs a refcount manager over `table` (at `tableOffset`), e.g. after open or a rebuild. */
+  installRefcounts(table: Buffer, tableOffset: number, tableClusters: number, allocEnd: number): void {
+    const manager = new RefcountManager(this.file, this.layout, table, allocEnd, {
+      barrier: async () => {
+        this.noteWrite();
+        await this.barrier();
+      },
+      switchRefcountTable: async (offset, clusters) => {
+        await this.writeCountOffsetPair(FIELD.refcountTable, true, clusters, offset);
+        this.header.refcountTableOffset = offset;
+        this.header.refcountTableClusters = clusters;
+      },
+    });
+    manager.currentTable = { offset: tableOffset, clusters: tableClusters };
+    this.refcounts = manager;
   }
 
   get clusterSize(): number {
