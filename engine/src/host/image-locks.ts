@@ -47,7 +47,10 @@ const PLANS: Record<LockMode, LockPlan> = {
 };
 
 function lockBytes(plan: LockPlan): Set<number> {
-  return new Set([...plan.used.map((p) => LOCK_PERM_BASE + p), ...plan.unshared.map((p) => LOCK_SHARED_BASE + p)]);
+  return new Set([
+    ...plan.used.map((p) => LOCK_PERM_BASE + p),
+    ...plan.unshared.map((p) => LOCK_SHARED_BASE + p),
+  ]);
 }
 
 const ALL_LOCK_BYTES = PERMISSIONS.flatMap((p) => [LOCK_PERM_BASE + p.bit, LOCK_SHARED_BASE + p.bit]);
@@ -72,7 +75,8 @@ function setLockBytes(fd: number, mode: LockMode | null): void {
     } catch (err) {
       // Someone holds a write lock on the byte: only possible if another tool locks exclusively.
       const code = (err as { code?: unknown }).code;
-      if (code === "EAGAIN" || code === "EACCES") throw imageLocked(`byte ${byte} is locked exclusively`, byte);
+      if (code === "EAGAIN" || code === "EACCES")
+        throw imageLocked(`byte ${byte} is locked exclusively`, byte);
       throw EngineError.from(err);
     }
   }

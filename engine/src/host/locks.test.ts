@@ -47,7 +47,11 @@ async function openImage(path: string, readOnly = false): Promise<HostFile> {
 }
 
 /** qemu-io reading commands from a pipe we keep open: holds the image (and its locks) until we end stdin. */
-async function holdWithQemuIo(path: string, format: string, readOnly: boolean): Promise<ChildProcessWithoutNullStreams> {
+async function holdWithQemuIo(
+  path: string,
+  format: string,
+  readOnly: boolean,
+): Promise<ChildProcessWithoutNullStreams> {
   const args = ["-f", format, ...(readOnly ? ["-r"] : []), path];
   const child = spawn("qemu-io", args, { stdio: "pipe" });
   children.push(child);

@@ -56,7 +56,10 @@ async function expectEngineError(p: Promise<unknown>, code: string, reason?: str
 describe("openHostFile", () => {
   it("create 'new' refuses an existing file, missing files are NOT_FOUND", async () => {
     await openNew();
-    await expectEngineError(openHostFile(join(dir, "a.img"), { readOnly: false, create: "new" }), "ALREADY_EXISTS");
+    await expectEngineError(
+      openHostFile(join(dir, "a.img"), { readOnly: false, create: "new" }),
+      "ALREADY_EXISTS",
+    );
     await expectEngineError(openHostFile(join(dir, "missing.img"), { readOnly: true }), "NOT_FOUND");
   });
 

@@ -3,6 +3,13 @@ import { type FileHandle, open } from "node:fs/promises";
 import { dirname } from "node:path";
 import { EngineError, throwIfAborted } from "../errors.js";
 import type { IoOptions } from "../types.js";
+import {
+  checkRange,
+  type FallocateCapability,
+  fsyncFailedError,
+  readOnlyError,
+  unsupportedError,
+} from "./checks.js";
 import type { HostCapabilities, HostFile, LockMode } from "./host-file.js";
 import { changeImageLock, releaseImageLock } from "./image-locks.js";
 import {
@@ -10,15 +17,14 @@ import {
   FALLOC_FL_KEEP_SIZE,
   FALLOC_FL_PUNCH_HOLE,
   FALLOC_FL_ZERO_RANGE,
-  SEEK_DATA,
-  SEEK_HOLE,
   fallocate,
   fallocateSync,
   isUnsupportedErrno,
   ofdTestLock,
+  SEEK_DATA,
+  SEEK_HOLE,
   seek,
 } from "./libc.js";
-import { checkRange } from "./range.js";
 
 export interface OpenHostFileOptions {
   readOnly: boolean;
@@ -39,7 +45,9 @@ const PROBE_LENGTH = 4096;
 
 export async function openHostFile(path: string, opts: OpenHostFileOptions): Promise<HostFile> {
   if (opts.readOnly && opts.create !== undefined) {
-    throw new EngineError("INVALID_ARGUMENT", "cannot create a file opened read-only", { reason: "READ_ONLY_CREATE" });
+    throw new EngineError("INVALID_ARGUMENT", "cannot create a file opened read-only", {
+      reason: "READ_ONLY_CREATE",
+    });
   }
   let flags = opts.readOnly ? fsConstants.O_RDONLY : fsConstants.O_RDWR;
   if (opts.create === "new") flags |= fsConstants.O_CREAT | fsConstants.O_EXCL;
@@ -53,7 +61,9 @@ export async function openHostFile(path: string, opts: OpenHostFileOptions): Pro
   try {
     const stat = await handle.stat();
     if (!stat.isFile()) {
-      throw new EngineError("INVALID_ARGUMENT", "host path is not a regular file", { reason: "NOT_A_REGULAR_FILE" });
+      throw new EngineError("INVALID_ARGUMENT", "host path is not a regular file", {
+        reason: "NOT_A_REGULAR_FILE",
+      });
     }
     const capabilities = await probeCapabilities(handle.fd, path, opts.readOnly);
     return new NodeHostFile(handle, opts.readOnly, capabilities, opts.datasync);
@@ -88,7 +98,9 @@ async function probeCapabilities(fd: number, path: string, readOnly: boolean): P
     const sfd = scratch.fd;
     caps.allocate = probe(() => fallocateSync(sfd, 0, 0, PROBE_LENGTH));
     caps.zeroRange = probe(() => fallocateSync(sfd, FALLOC_FL_ZERO_RANGE, 0, PROBE_LENGTH));
-    caps.punchHole = probe(() => fallocateSync(sfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, PROBE_LENGTH));
+    caps.punchHole = probe(() =>
+      fallocateSync(sfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, PROBE_LENGTH),
+    );
   } finally {
     await scratch.close();
   }
@@ -212,7 +224,7 @@ class NodeHostFile implements HostFile {
       // After a failed fsync the kernel may have dropped the dirty pages and cleared the error: a retry
       // could "succeed" over lost data. The file is unusable for writing from here on.
       this.fsyncFailure = err;
-      throw fsyncFailed(err);
+      throw fsyncFailedError(err);
     }
   }
 
@@ -225,7 +237,12 @@ class NodeHostFile implements HostFile {
   }
 
   async zeroRange(offset: number, length: number, keepSize = false): Promise<void> {
-    await this.fallocate("zeroRange", FALLOC_FL_ZERO_RANGE | (keepSize ? FALLOC_FL_KEEP_SIZE : 0), offset, length);
+    await this.fallocate(
+      "zeroRange",
+      FALLOC_FL_ZERO_RANGE | (keepSize ? FALLOC_FL_KEEP_SIZE : 0),
+      offset,
+      length,
+    );
   }
 
   async seekData(offset: number): Promise<number | null> {
@@ -272,21 +289,21 @@ class NodeHostFile implements HostFile {
   }
 
   private async fallocate(
-    capability: "allocate" | "punchHole" | "zeroRange",
+    capability: FallocateCapability,
     mode: number,
     offset: number,
     length: number,
   ): Promise<void> {
     checkRange(offset, length);
     this.checkWritable();
-    if (!this.capabilities[capability]) throw unsupported(capability);
+    if (!this.capabilities[capability]) throw unsupportedError(capability);
     if (length === 0) return;
     try {
       await fallocate(this.handle.fd, mode, offset, length);
     } catch (err) {
       if (isUnsupportedErrno(err)) {
         this.capabilities[capability] = false;
-        throw unsupported(capability, err);
+        throw unsupportedError(capability, err);
       }
       throw EngineError.from(err);
     }
@@ -301,35 +318,13 @@ class NodeHostFile implements HostFile {
   }
 
   private checkWritable(): void {
-    if (this.readOnly) throw new EngineError("READ_ONLY", "file is open read-only", { reason: "HOST_READ_ONLY" });
+    if (this.readOnly) throw readOnlyError();
     this.checkFsyncHealthy();
   }
 
   private checkFsyncHealthy(): void {
-    if (this.fsyncFailure !== undefined) throw fsyncFailed(this.fsyncFailure);
+    if (this.fsyncFailure !== undefined) throw fsyncFailedError(this.fsyncFailure);
   }
-}
-
-function fsyncFailed(cause: unknown): EngineError {
-  const errno = (cause as { code?: unknown } | null)?.code;
-  return new EngineError("FSYNC_FAILED", "flushing the file to stable storage failed; the file is no longer writable", {
-    reason: "HOST_FSYNC_FAILED",
-    metadata: typeof errno === "string" ? { errno } : {},
-    cause,
-  });
-}
-
-const UNSUPPORTED_REASONS = {
-  allocate: "HOST_FALLOCATE_UNSUPPORTED",
-  punchHole: "HOST_PUNCH_HOLE_UNSUPPORTED",
-  zeroRange: "HOST_ZERO_RANGE_UNSUPPORTED",
-} as const;
-
-function unsupported(capability: keyof typeof UNSUPPORTED_REASONS, cause?: unknown): EngineError {
-  return new EngineError("UNSUPPORTED", `the host file system does not support ${capability}`, {
-    reason: UNSUPPORTED_REASONS[capability],
-    cause,
-  });
 }
 
 /** Leading buffers totalling at most `limit` bytes (at least one), so one writev stays under Node's cap. */

@@ -1,0 +1,90 @@
+import { EngineError, throwIfAborted } from "../../errors.js";
+import type { HostFile } from "../../host/host-file.js";
+import type { PreallocMode, ProgressFn } from "../../types.js";
+
+/**
+ * fallocate in bounded chunks: one posix_fallocate of the whole range is all-or-nothing, with no
+ * progress and no cancel. 256 MiB keeps the call count small (~3 ms/GiB on ext4) while checking the
+ * signal often enough.
+ */
+export const FALLOC_CHUNK = 256 * 1024 * 1024;
+/** Zero writes for "full": large buffers, a few in flight. */
+export const FULL_CHUNK = 4 * 1024 * 1024;
+export const FULL_IN_FLIGHT = 4;
+
+export interface PreallocateOptions {
+  signal?: AbortSignal | undefined;
+  onProgress?: ProgressFn | undefined;
+}
+
+/**
+ * Preallocates [from, to) of `file` per `mode` ("off": nothing). The file is extended as it goes; the
+ * caller sets the final size afterwards. Cancellation is honoured between chunks only, leaving the
+ * already-written prefix valid.
+ */
+export async function preallocate(
+  file: HostFile,
+  from: number,
+  to: number,
+  mode: PreallocMode,
+  opts: PreallocateOptions,
+): Promise<void> {
+  if (to <= from || mode === "off") return;
+  if (mode === "metadata") {
+    throw new EngineError("INVALID_ARGUMENT", "metadata preallocation is not supported for raw", {
+      reason: "RAW_METADATA_PREALLOCATION",
+    });
+  }
+  if (mode === "falloc") await fallocateChunks(file, from, to, opts);
+  else await writeZeroChunks(file, from, to, opts);
+}
+
+async function fallocateChunks(
+  file: HostFile,
+  from: number,
+  to: number,
+  opts: PreallocateOptions,
+): Promise<void> {
+  const total = to - from;
+  opts.onProgress?.(0, total, "preallocate");
+  for (let pos = from; pos < to; pos += FALLOC_CHUNK) {
+    throwIfAborted(opts.signal);
+    const length = Math.min(FALLOC_CHUNK, to - pos);
+    await file.allocate(pos, length);
+    opts.onProgress?.(pos + length - from, total, "preallocate");
+  }
+}
+
+async function writeZeroChunks(
+  file: HostFile,
+  from: number,
+  to: number,
+  opts: PreallocateOptions,
+): Promise<void> {
+  const total = to - from;
+  const zeros = new Uint8Array(FULL_CHUNK);
+  let next = from;
+  let done = 0;
+  let failure: unknown;
+  opts.onProgress?.(0, total, "preallocate");
+  // A few writers share one cursor: each takes the next chunk, so up to FULL_IN_FLIGHT writes overlap
+  // while progress stays monotonic (it counts completed bytes).
+  const writer = async (): Promise<void> => {
+    while (next < to && failure === undefined) {
+      throwIfAborted(opts.signal);
+      const pos = next;
+      const length = Math.min(FULL_CHUNK, to - pos);
+      next += length;
+      await file.write(pos, zeros.subarray(0, length));
+      done += length;
+      opts.onProgress?.(done, total, "preallocate");
+    }
+  };
+  const writers = Array.from({ length: FULL_IN_FLIGHT }, () =>
+    writer().catch((error: unknown) => {
+      failure ??= error;
+    }),
+  );
+  await Promise.all(writers);
+  if (failure !== undefined) throw EngineError.from(failure);
+}

@@ -1,0 +1,334 @@
+import { EngineError, throwIfAborted } from "../errors.js";
+import type { IoOptions } from "../types.js";
+import {
+  checkRange,
+  type FallocateCapability,
+  fsyncFailedError,
+  readOnlyError,
+  unsupportedError,
+} from "./checks.js";
+import type { HostCapabilities, HostFile, LockMode } from "./host-file.js";
+
+/**
+ * A sparse in-memory HostFile for tests: contents live in 64 KiB chunks that exist only where something was
+ * written or allocated, so SEEK_DATA/SEEK_HOLE and allocatedBytes behave like a file system with 64 KiB
+ * blocks. Faults can be injected to exercise error paths the way QEMU's blkdebug does.
+ */
+
+const CHUNK = 64 * 1024;
+
+/** Which calls a fault matches. "write" is every call that changes the file (write, writev, truncate, fallocate modes). */
+export type FaultOp = "write" | "flush" | "read" | "any";
+
+export interface FaultSpec {
+  op: FaultOp;
+  /** The nth matching call after injection fails (1-based, default 1). */
+  nth?: number;
+  error: "EIO" | "ENOSPC";
+  /** Fail the nth matching call and every one after it (a dead disk, a full disk), not just the nth. */
+  persistent?: boolean;
+  /** Only calls touching this range match (truncate passes the changed range, flush passes 0, 0). */
+  when?: (offset: number, length: number) => boolean;
+}
+
+export interface MemoryFileStats {
+  reads: number;
+  writes: number;
+  flushes: number;
+  bytesRead: number;
+  bytesWritten: number;
+  faultsFired: number;
+}
+
+export interface MemoryFileOptions {
+  readOnly?: boolean;
+  /** Initial contents (copied). */
+  data?: Uint8Array;
+  /** Defaults to everything supported; switch some off to test callers' UNSUPPORTED handling. */
+  capabilities?: Partial<HostCapabilities>;
+}
+
+export interface MemoryFile extends HostFile {
+  injectFault(fault: FaultSpec): void;
+  clearFaults(): void;
+  readonly stats: MemoryFileStats;
+  /** A copy of the whole file (test helper: allocates `size` bytes). */
+  contents(): Uint8Array;
+}
+
+export function createMemoryFile(opts: MemoryFileOptions = {}): MemoryFile {
+  return new MemoryHostFile(opts);
+}
+
+interface ArmedFault {
+  spec: FaultSpec;
+  matched: number;
+}
+
+class MemoryHostFile implements MemoryFile {
+  readonly readOnly: boolean;
+  readonly capabilities: HostCapabilities;
+  readonly stats: MemoryFileStats = {
+    reads: 0,
+    writes: 0,
+    flushes: 0,
+    bytesRead: 0,
+    bytesWritten: 0,
+    faultsFired: 0,
+  };
+  private readonly chunks = new Map<number, Uint8Array>();
+  private length = 0;
+  private faults: ArmedFault[] = [];
+  private fsyncFailure: EngineError | undefined;
+  private closed = false;
+
+  constructor(opts: MemoryFileOptions) {
+    this.readOnly = opts.readOnly ?? false;
+    this.capabilities = {
+      allocate: true,
+      punchHole: true,
+      zeroRange: true,
+      seekData: true,
+      ofdLocks: true,
+      ...opts.capabilities,
+    };
+    if (opts.data) {
+      this.store(0, opts.data);
+      this.length = opts.data.length;
+    }
+  }
+
+  injectFault(fault: FaultSpec): void {
+    const nth = fault.nth ?? 1;
+    if (!Number.isInteger(nth) || nth < 1) throw new RangeError("fault nth must be a positive integer");
+    this.faults.push({ spec: fault, matched: 0 });
+  }
+
+  clearFaults(): void {
+    this.faults = [];
+  }
+
+  contents(): Uint8Array {
+    const out = new Uint8Array(this.length);
+    this.load(0, out);
+    return out;
+  }
+
+  async size(): Promise<number> {
+    this.checkOpen();
+    return this.length;
+  }
+
+  async allocatedBytes(): Promise<number> {
+    this.checkOpen();
+    return this.chunks.size * CHUNK;
+  }
+
+  async read(offset: number, into: Uint8Array, opts?: IoOptions): Promise<number> {
+    this.begin("read", offset, into.length, opts);
+    const n = Math.max(0, Math.min(into.length, this.length - offset));
+    this.load(offset, into.subarray(0, n));
+    this.stats.bytesRead += n;
+    return n;
+  }
+
+  async readFull(offset: number, into: Uint8Array, opts?: IoOptions): Promise<void> {
+    const n = await this.read(offset, into, opts);
+    into.fill(0, n);
+  }
+
+  async write(offset: number, data: Uint8Array, opts?: IoOptions): Promise<void> {
+    this.begin("write", offset, data.length, opts);
+    this.store(offset, data);
+    this.length = Math.max(this.length, offset + data.length);
+    this.stats.bytesWritten += data.length;
+  }
+
+  async writev(offset: number, buffers: readonly Uint8Array[], opts?: IoOptions): Promise<void> {
+    const total = buffers.reduce((sum, b) => sum + b.length, 0);
+    this.begin("write", offset, total, opts);
+    let position = offset;
+    for (const b of buffers) {
+      this.store(position, b);
+      position += b.length;
+    }
+    this.length = Math.max(this.length, offset + total);
+    this.stats.bytesWritten += total;
+  }
+
+  async truncate(size: number): Promise<void> {
+    checkRange(size, 0);
+    this.begin("write", Math.min(size, this.length), Math.abs(size - this.length));
+    // Bytes past the new end must read as zeros if the file grows again; chunks preallocated past the
+    // old end go too, as on a real file system.
+    if (size % CHUNK !== 0) this.chunks.get(Math.floor(size / CHUNK))?.fill(0, size % CHUNK);
+    for (const index of [...this.chunks.keys()]) if (index * CHUNK >= size) this.chunks.delete(index);
+    this.length = size;
+  }
+
+  async flush(): Promise<void> {
+    this.checkOpen();
+    if (this.fsyncFailure) throw this.fsyncFailure;
+    this.stats.flushes++;
+    try {
+      this.fireFaults("flush", 0, 0);
+    } catch (err) {
+      // Same contract as the real file: an fsync failure is permanent.
+      this.fsyncFailure = fsyncFailedError(err);
+      throw this.fsyncFailure;
+    }
+  }
+
+  async allocate(offset: number, length: number, keepSize = false): Promise<void> {
+    this.beginFallocate("allocate", offset, length);
+    this.forEachChunk(offset, length, (index) => this.chunk(index));
+    if (!keepSize) this.length = Math.max(this.length, offset + length);
+  }
+
+  async punchHole(offset: number, length: number): Promise<void> {
+    this.beginFallocate("punchHole", offset, length);
+    this.punch(offset, length);
+  }
+
+  async zeroRange(offset: number, length: number, keepSize = false): Promise<void> {
+    this.beginFallocate("zeroRange", offset, length);
+    this.forEachChunk(offset, length, (index, start, end) => this.chunk(index).fill(0, start, end));
+    if (!keepSize) this.length = Math.max(this.length, offset + length);
+  }
+
+  async seekData(offset: number): Promise<number | null> {
+    checkRange(offset, 0);
+    this.checkOpen();
+    if (offset >= this.length) return null;
+    if (!this.capabilities.seekData) return offset;
+    const first = Math.floor(offset / CHUNK);
+    let next = Number.POSITIVE_INFINITY;
+    for (const index of this.chunks.keys()) if (index >= first && index < next) next = index;
+    const found = Math.max(offset, next * CHUNK);
+    return found < this.length ? found : null;
+  }
+
+  async seekHole(offset: number): Promise<number> {
+    checkRange(offset, 0);
+    this.checkOpen();
+    if (offset >= this.length) return offset;
+    if (!this.capabilities.seekData) return this.length;
+    let index = Math.floor(offset / CHUNK);
+    while (this.chunks.has(index)) index++;
+    return Math.min(this.length, Math.max(offset, index * CHUNK));
+  }
+
+  async lockImage(_mode: LockMode): Promise<void> {
+    this.checkOpen();
+  }
+
+  async unlockImage(): Promise<void> {
+    this.checkOpen();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+  }
+
+  /** Common entry checks; counts the call and fires matching faults before anything changes. */
+  private begin(op: "read" | "write", offset: number, length: number, opts?: IoOptions): void {
+    checkRange(offset, length);
+    this.checkOpen();
+    throwIfAborted(opts?.signal);
+    if (op === "write") {
+      if (this.readOnly) throw readOnlyError();
+      if (this.fsyncFailure) throw this.fsyncFailure;
+      this.stats.writes++;
+    } else {
+      this.stats.reads++;
+    }
+    this.fireFaults(op, offset, length);
+  }
+
+  private beginFallocate(capability: FallocateCapability, offset: number, length: number): void {
+    checkRange(offset, length);
+    if (this.readOnly) throw readOnlyError();
+    if (!this.capabilities[capability]) throw unsupportedError(capability);
+    this.begin("write", offset, length);
+  }
+
+  private fireFaults(op: "read" | "write" | "flush", offset: number, length: number): void {
+    for (const fault of this.faults) {
+      const { spec } = fault;
+      if (spec.op !== op && spec.op !== "any") continue;
+      if (spec.when && !spec.when(offset, length)) continue;
+      fault.matched++;
+      const nth = spec.nth ?? 1;
+      if (fault.matched === nth || (spec.persistent && fault.matched > nth)) {
+        if (!spec.persistent) this.faults = this.faults.filter((f) => f !== fault);
+        this.stats.faultsFired++;
+        const err: NodeJS.ErrnoException = new Error(`injected ${spec.error} on ${op}`);
+        err.code = spec.error;
+        throw EngineError.from(err);
+      }
+    }
+  }
+
+  private checkOpen(): void {
+    if (this.closed) {
+      throw EngineError.from(Object.assign(new Error("file is closed"), { code: "EBADF" }));
+    }
+  }
+
+  private chunk(index: number): Uint8Array {
+    let c = this.chunks.get(index);
+    if (c === undefined) {
+      c = new Uint8Array(CHUNK);
+      this.chunks.set(index, c);
+    }
+    return c;
+  }
+
+  /** Calls `fn(chunkIndex, startInChunk, endInChunk)` for each chunk the range touches. */
+  private forEachChunk(
+    offset: number,
+    length: number,
+    fn: (index: number, start: number, end: number) => void,
+  ): void {
+    let position = offset;
+    const end = offset + length;
+    while (position < end) {
+      const index = Math.floor(position / CHUNK);
+      const start = position - index * CHUNK;
+      const stop = Math.min(CHUNK, end - index * CHUNK);
+      fn(index, start, stop);
+      position = index * CHUNK + stop;
+    }
+  }
+
+  private store(offset: number, data: Uint8Array): void {
+    let copied = 0;
+    this.forEachChunk(offset, data.length, (index, start, end) => {
+      this.chunk(index).set(data.subarray(copied, copied + end - start), start);
+      copied += end - start;
+    });
+  }
+
+  private load(offset: number, into: Uint8Array): void {
+    let copied = 0;
+    this.forEachChunk(offset, into.length, (index, start, end) => {
+      const c = this.chunks.get(index);
+      if (c) into.set(c.subarray(start, end), copied);
+      else into.fill(0, copied, copied + end - start);
+      copied += end - start;
+    });
+  }
+
+  /** Zeroes the range, dropping the chunks it covers whole. Visits only existing chunks: ranges may be huge. */
+  private punch(offset: number, length: number): void {
+    const end = offset + length;
+    for (const [index, c] of [...this.chunks]) {
+      const chunkStart = index * CHUNK;
+      if (chunkStart + CHUNK <= offset || chunkStart >= end) continue;
+      const start = Math.max(offset, chunkStart) - chunkStart;
+      const stop = Math.min(end, chunkStart + CHUNK) - chunkStart;
+      if (start === 0 && stop === CHUNK) this.chunks.delete(index);
+      else c.fill(0, start, stop);
+    }
+  }
+}
