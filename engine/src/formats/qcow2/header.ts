@@ -93,7 +93,7 @@ export function backingFormatOf(h: Qcow2Header): string | undefined {
 /** Returns a copy with the backing-format extension set (or removed), keeping other extensions in place. */
 export function withBackingFormat(h: Qcow2Header, format: string | undefined): Qcow2Header {
   const extensions = h.extensions.filter((e) => e.type !== EXT_BACKING_FORMAT);
-  if (format !== undefined) extensions.unshift({ type: EXT_BACKING_FORMAT, data: Buffer.from(format, "latin1") });
+  if (format !== undefined) extensions.unshift({ type: EXT_BACKING_FORMAT, data: Uint8Array.from(Buffer.from(format, "latin1")) });
   return { ...h, extensions };
 }
 
