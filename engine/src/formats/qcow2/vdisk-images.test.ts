@@ -12,7 +12,7 @@ beforeAll(() => {
   requireQemu();
   mkdirSync(dir, { recursive: true });
 });
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
+afterAll(() => { if (!process.env["KEEP_QCOW2_TEST_FILES"]) rmSync(dir, { recursive: true, force: true }); });
 
 interface Config {
   name: string;
