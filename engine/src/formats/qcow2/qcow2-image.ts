@@ -257,8 +257,10 @@ export class Qcow2Image implements BlockImage {
       const m = await getHostOffset(this.md, offset, length);
       switch (m.type) {
         case "unallocated":
-        case "unallocated-alloc":
           return { length: m.bytes, allocated: false, data: false, zero: false };
+        case "unallocated-alloc":
+          // QEMU reports the host offset of a deferring subcluster too (OFFSET_VALID without ALLOCATED).
+          return { length: m.bytes, allocated: false, data: false, zero: false, hostOffset: m.hostOffset };
         case "zero-plain":
           return { length: m.bytes, allocated: true, data: false, zero: true };
         case "zero-alloc":
