@@ -175,26 +175,28 @@ export class RefcountManager {
         }
       }
     }
-    const offset = this.allocEnd;
-    if (offset + count * cs > MAX_HOST_OFFSET) {
-      throw new EngineError("NO_SPACE", "qcow2: host offsets exhausted", { reason: "QCOW2_FILE_TOO_LARGE" });
-    }
-    this.allocEnd += count * cs;
-    for (let i = 0; i < count; i++) {
-      const rc = await this.update(offset + i * cs, 1);
-      if (rc !== 1) {
-        throw corrupt("QCOW2_ALLOCATION_OVERLAP", `cluster at ${offset + i * cs} past the image end already has refcount ${rc - 1}`);
-      }
-    }
-    return offset;
+    return this.allocateFresh(count);
   }
 
   /** Allocates `count` clusters past every existing one: fresh clusters past the old end read as zeros. */
   async allocateFresh(count: number): Promise<number> {
-    const offset = this.allocEnd;
-    this.allocEnd += count * this.layout.clusterSize;
-    for (let i = 0; i < count; i++) await this.update(offset + i * this.layout.clusterSize, 1);
-    return offset;
+    const cs = this.layout.clusterSize;
+    // Past the end every refcount should be 0; a stale one (a leak) is skipped, never reused.
+    for (;;) {
+      const offset = this.allocEnd;
+      if (offset + count * cs > MAX_HOST_OFFSET) {
+        throw new EngineError("NO_SPACE", "qcow2: host offsets exhausted", { reason: "QCOW2_FILE_TOO_LARGE" });
+      }
+      this.allocEnd += count * cs;
+      let taken = 0;
+      for (; taken < count; taken++) {
+        if ((await this.update(offset + taken * cs, 1)) !== 1) break;
+      }
+      if (taken === count) return offset;
+      // Undo the partial run (refcounts we just raised) and the stale cluster's extra increment.
+      for (let i = 0; i <= taken; i++) await this.update(offset + i * cs, -1);
+      this.allocEnd = Math.max(this.allocEnd, offset + (taken + 1) * cs);
+    }
   }
 
   /** Schedules a decrement for `count` clusters starting at `hostOffset` (applied after references are durable). */
