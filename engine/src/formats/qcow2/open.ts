@@ -212,8 +212,12 @@ export async function createQcow2(file: HostFile, opts: CreateOptions): Promise<
     ...(opts.backing ? { backing: opts.backing.image } : {}),
   });
   const preallocEnd = Math.min(opts.size, opts.preallocBytes ?? opts.size);
-  await preallocateRange(image, 0, preallocEnd, opts);
-  await image.release();
+  try {
+    await preallocateRange(image, 0, preallocEnd, opts);
+  } finally {
+    // A cancelled preallocation leaves a valid image with a preallocated prefix.
+    await image.release();
+  }
 }
 
 export type { BlockImage };
