@@ -21,7 +21,17 @@ interface Census {
   compressedClusters: number;
   fragmentedClusters: number;
   /** Active table entries whose COPIED flag must be compared with the final refcount. */
-  copiedChecks: Array<{ kind: "l1"; index: number; host: number; copied: boolean } | { kind: "l2"; table: number; index: number; host: number; copied: boolean; raw: { hi: number; lo: number; alloc: number; zero: number } }>;
+  copiedChecks: Array<
+    | { kind: "l1"; index: number; host: number; copied: boolean }
+    | {
+        kind: "l2";
+        table: number;
+        index: number;
+        host: number;
+        copied: boolean;
+        raw: { hi: number; lo: number; alloc: number; zero: number };
+      }
+  >;
 }
 
 function note(c: Census, message: string): void {
@@ -35,7 +45,11 @@ function note(c: Census, message: string): void {
  * Repair "leaks" lowers leaked refcounts in place; "all" rebuilds the refcount structure and fixes
  * COPIED flags.
  */
-export async function checkImage(md: Qcow2Metadata, repair: RepairMode, signal?: AbortSignal): Promise<CheckResult> {
+export async function checkImage(
+  md: Qcow2Metadata,
+  repair: RepairMode,
+  signal?: AbortSignal,
+): Promise<CheckResult> {
   const first = await census(md, signal);
   const stored = await compareRefcounts(md, first, false);
   const copied = await copiedMismatches(md, first);
@@ -44,7 +58,10 @@ export async function checkImage(md: Qcow2Metadata, repair: RepairMode, signal?:
   if (repair === "none" || md.file.readOnly) {
     return result(md, first, { ...stored, corruptions: stored.corruptions + copied.count }, 0, 0, messages);
   }
-  if (repair === "all" && (stored.corruptions > 0 || stored.needRebuild || (stored.leaks > 0 && first.corruptions > 0))) {
+  if (
+    repair === "all" &&
+    (stored.corruptions > 0 || stored.needRebuild || (stored.leaks > 0 && first.corruptions > 0))
+  ) {
     await rebuildRefcounts(md, first);
   } else if (stored.leaks > 0) {
     await compareRefcounts(md, first, true);
@@ -184,7 +201,10 @@ async function walkL1(
         }
       } catch (err) {
         c.corruptions++;
-        note(c, `ERROR ${err instanceof Error ? err.message : "bad L2 entry"} (L2 table at ${l2Offset}, index ${index})`);
+        note(
+          c,
+          `ERROR ${err instanceof Error ? err.message : "bad L2 entry"} (L2 table at ${l2Offset}, index ${index})`,
+        );
         continue;
       }
       if (e.type === "compressed") {
@@ -201,8 +221,17 @@ async function walkL1(
       if (e.type === "zero-plain" && active) c.allocatedClusters++;
       if (e.hostOffset === 0) continue;
       if (e.type === "zero-alloc" && active) c.allocatedClusters++;
-      if (!add(`data cluster (L2 table at ${l2Offset}, index ${index})`, e.hostOffset, cs, c.refs, times)) continue;
-      if (active) c.copiedChecks.push({ kind: "l2", table: l2Offset, index, host: e.hostOffset, copied: e.copied, raw });
+      if (!add(`data cluster (L2 table at ${l2Offset}, index ${index})`, e.hostOffset, cs, c.refs, times))
+        continue;
+      if (active)
+        c.copiedChecks.push({
+          kind: "l2",
+          table: l2Offset,
+          index,
+          host: e.hostOffset,
+          copied: e.copied,
+          raw,
+        });
     }
   }
 }
@@ -212,7 +241,13 @@ async function compareRefcounts(
   md: Qcow2Metadata,
   c: Census,
   fixLeaks: boolean,
-): Promise<{ leaks: number; corruptions: number; imageEnd: number; needRebuild: boolean; messages: string[] }> {
+): Promise<{
+  leaks: number;
+  corruptions: number;
+  imageEnd: number;
+  needRebuild: boolean;
+  messages: string[];
+}> {
   const cs = md.clusterSize;
   const layout = md.layout;
   const messages: string[] = [];
@@ -245,12 +280,14 @@ async function compareRefcounts(
       if (k >= storedLimit) needRebuild = true;
       if (stored > refs) {
         leaks++;
-        if (messages.length < MAX_MESSAGES) messages.push(`Leaked cluster ${k} refcount=${stored} reference=${refs}`);
+        if (messages.length < MAX_MESSAGES)
+          messages.push(`Leaked cluster ${k} refcount=${stored} reference=${refs}`);
         if (fixLeaks) await md.refcounts.update(k * cs, refs - stored);
       } else {
         corruptions++;
         needRebuild = true;
-        if (messages.length < MAX_MESSAGES) messages.push(`ERROR cluster ${k} refcount=${stored} reference=${refs}`);
+        if (messages.length < MAX_MESSAGES)
+          messages.push(`ERROR cluster ${k} refcount=${stored} reference=${refs}`);
       }
     }
   }
@@ -299,7 +336,10 @@ async function fixCopiedFlags(md: Qcow2Metadata, c: Census): Promise<void> {
 }
 
 /** Active table entries whose COPIED flag disagrees with the stored refcount (QEMU: "ERROR OFLAG_COPIED"). */
-async function copiedMismatches(md: Qcow2Metadata, c: Census): Promise<{ count: number; messages: string[] }> {
+async function copiedMismatches(
+  md: Qcow2Metadata,
+  c: Census,
+): Promise<{ count: number; messages: string[] }> {
   let count = 0;
   const messages: string[] = [];
   for (const check of c.copiedChecks) {
@@ -312,7 +352,9 @@ async function copiedMismatches(md: Qcow2Metadata, c: Census): Promise<{ count: 
     if ((refcount === 1) !== check.copied) {
       count++;
       if (messages.length < MAX_MESSAGES) {
-        messages.push(`ERROR OFLAG_COPIED ${check.kind === "l1" ? "L2 table" : "data cluster"} at ${check.host}: refcount=${refcount}`);
+        messages.push(
+          `ERROR OFLAG_COPIED ${check.kind === "l1" ? "L2 table" : "data cluster"} at ${check.host}: refcount=${refcount}`,
+        );
       }
     }
   }

@@ -18,15 +18,28 @@ export interface HostMapping {
 const FULL_MASK = 0xffff_ffff;
 
 /** Reads entry `index` of an L2 table (and its subcluster bitmap with extended L2). */
-export function readL2Raw(md: Qcow2Metadata, table: Buffer, index: number): { hi: number; lo: number; alloc: number; zero: number } {
+export function readL2Raw(
+  md: Qcow2Metadata,
+  table: Buffer,
+  index: number,
+): { hi: number; lo: number; alloc: number; zero: number } {
   const at = index * md.layout.l2EntryBytes;
   const hi = table.readUInt32BE(at);
   const lo = table.readUInt32BE(at + 4);
-  if (md.layout.l2EntryBytes === 16) return { hi, lo, zero: table.readUInt32BE(at + 8), alloc: table.readUInt32BE(at + 12) };
+  if (md.layout.l2EntryBytes === 16)
+    return { hi, lo, zero: table.readUInt32BE(at + 8), alloc: table.readUInt32BE(at + 12) };
   return { hi, lo, alloc: 0, zero: 0 };
 }
 
-function writeL2Raw(md: Qcow2Metadata, table: Buffer, index: number, hi: number, lo: number, alloc = 0, zero = 0): void {
+function writeL2Raw(
+  md: Qcow2Metadata,
+  table: Buffer,
+  index: number,
+  hi: number,
+  lo: number,
+  alloc = 0,
+  zero = 0,
+): void {
   const at = index * md.layout.l2EntryBytes;
   table.writeUInt32BE(hi >>> 0, at);
   table.writeUInt32BE(lo >>> 0, at + 4);
@@ -49,14 +62,21 @@ function classifyAt(md: Qcow2Metadata, table: Buffer, index: number, subcluster:
   if (e.type === "compressed") {
     const end = (e.compressedOffset ?? 0) + (e.compressedLength ?? 0);
     if ((e.compressedOffset ?? 0) < md.clusterSize || end > md.refcounts.allocEnd + md.clusterSize) {
-      throw corrupt("QCOW2_COMPRESSED_OUT_OF_RANGE", "compressed cluster descriptor points outside the image");
+      throw corrupt(
+        "QCOW2_COMPRESSED_OUT_OF_RANGE",
+        "compressed cluster descriptor points outside the image",
+      );
     }
   }
   return e;
 }
 
 /** Classifies the whole cluster at `index` for write planning (subcluster 0 plus the raw bitmap). */
-function classifyCluster(md: Qcow2Metadata, table: Buffer, index: number): { e: ClassifiedEntry; alloc: number; zero: number } {
+function classifyCluster(
+  md: Qcow2Metadata,
+  table: Buffer,
+  index: number,
+): { e: ClassifiedEntry; alloc: number; zero: number } {
   const raw = readL2Raw(md, table, index);
   const e = classifyAt(md, table, index, 0);
   if (md.ctx.extendedL2 && e.type !== "compressed") {
@@ -70,7 +90,11 @@ function classifyCluster(md: Qcow2Metadata, table: Buffer, index: number): { e: 
  * The one lookup (QEMU qcow2_get_host_offset): what backs `offset` in this layer, and for how many
  * bytes (≤ maxBytes) the answer stays the same. Read and blockStatus both use it.
  */
-export async function getHostOffset(md: Qcow2Metadata, offset: number, maxBytes: number): Promise<HostMapping> {
+export async function getHostOffset(
+  md: Qcow2Metadata,
+  offset: number,
+  maxBytes: number,
+): Promise<HostMapping> {
   const layout = md.layout;
   let l1Index = l1IndexOf(layout, offset);
   const { l2Offset } = md.l2OffsetAt(l1Index);
@@ -126,7 +150,10 @@ export async function getHostOffset(md: Qcow2Metadata, offset: number, maxBytes:
  * The L2 table for `l1Index`, ready to be modified: allocated if missing, copied if shared with a
  * snapshot (COPIED clear). The caller marks it dirty after changing it.
  */
-export async function getL2ForWrite(md: Qcow2Metadata, l1Index: number): Promise<{ table: Buffer; offset: number }> {
+export async function getL2ForWrite(
+  md: Qcow2Metadata,
+  l1Index: number,
+): Promise<{ table: Buffer; offset: number }> {
   const { l2Offset, copied } = md.l2OffsetAt(l1Index);
   if (l2Offset !== 0 && copied) return { table: await md.l2.get(l2Offset), offset: l2Offset };
   const old = l2Offset !== 0 ? await md.l2.get(l2Offset) : undefined;
@@ -200,7 +227,12 @@ export type LayerReader = (offset: number, into: Uint8Array) => Promise<void>;
  * copied from what this layer currently reads there (backing, zeros, compressed or shared data).
  * Host-contiguous pieces go out as one request; L2 entries change only after the data is written.
  */
-export async function writeClusters(md: Qcow2Metadata, offset: number, data: Uint8Array, readCurrent: LayerReader): Promise<void> {
+export async function writeClusters(
+  md: Qcow2Metadata,
+  offset: number,
+  data: Uint8Array,
+  readCurrent: LayerReader,
+): Promise<void> {
   const layout = md.layout;
   const cs = layout.clusterSize;
   const plans: ClusterPlan[] = [];
@@ -276,7 +308,8 @@ export async function writeClusters(md: Qcow2Metadata, offset: number, data: Uin
     const { hi, lo } = encodeStandardEntry(p.dest!, false, true);
     writeL2Raw(md, p.table, p.index, hi, lo, md.ctx.extendedL2 ? FULL_MASK : 0, 0);
     md.l2.markDirty(p.tableOffset);
-    if (p.old.type === "compressed" || (p.old.hostOffset !== 0 && p.old.hostOffset !== p.dest)) releaseHost(md, p.old);
+    if (p.old.type === "compressed" || (p.old.hostOffset !== 0 && p.old.hostOffset !== p.dest))
+      releaseHost(md, p.old);
   }
 }
 
@@ -322,7 +355,9 @@ export async function zeroClusters(md: Qcow2Metadata, plan: ZeroPlan): Promise<v
       } else {
         if (e.type === "zero-plain" || (e.type === "zero-alloc" && keep)) continue;
         if (!plan.hasBacking && e.type === "unallocated") continue;
-        const { hi, lo } = keep ? encodeStandardEntry(e.hostOffset, true, true) : encodeStandardEntry(0, true, false);
+        const { hi, lo } = keep
+          ? encodeStandardEntry(e.hostOffset, true, true)
+          : encodeStandardEntry(0, true, false);
         writeL2Raw(md, table, index, hi, lo);
         if (!keep) releaseHost(md, e);
       }
@@ -336,7 +371,11 @@ export async function zeroClusters(md: Qcow2Metadata, plan: ZeroPlan): Promise<v
  * become zero-alloc on v3 and plain allocated clusters on v2 (fresh clusters past the old end read as
  * zeros). Returns the host runs allocated, for fallocate / zero writing.
  */
-export async function preallocateClusters(md: Qcow2Metadata, offset: number, end: number): Promise<Array<[number, number]>> {
+export async function preallocateClusters(
+  md: Qcow2Metadata,
+  offset: number,
+  end: number,
+): Promise<Array<[number, number]>> {
   const layout = md.layout;
   const cs = layout.clusterSize;
   const runs: Array<[number, number]> = [];
@@ -381,12 +420,19 @@ export async function freeClustersFrom(md: Qcow2Metadata, from: number, end: num
       if (pos === tableStart) {
         // The whole table goes: release every cluster it maps, then the table itself.
         const table = await md.l2.get(l2Offset);
-        for (let index = 0; index < layout.l2Entries; index++) releaseHost(md, classifyCluster(md, table, index).e);
+        for (let index = 0; index < layout.l2Entries; index++)
+          releaseHost(md, classifyCluster(md, table, index).e);
         md.setL1Entry(l1Index, 0, false);
         md.l2.drop(l2Offset);
         md.refcounts.free(l2Offset);
       } else {
-        await zeroClusters(md, { offset: pos, clusters: (tableEnd - pos) / cs, unmap: true, mode: "unallocate", hasBacking: true });
+        await zeroClusters(md, {
+          offset: pos,
+          clusters: (tableEnd - pos) / cs,
+          unmap: true,
+          mode: "unallocate",
+          hasBacking: true,
+        });
       }
     }
     pos = tableEnd;
@@ -395,6 +441,8 @@ export async function freeClustersFrom(md: Qcow2Metadata, from: number, end: num
 
 export function assertInImage(md: Qcow2Metadata, offset: number, length: number): void {
   if (offset < 0 || length < 0 || offset + length > md.header.size) {
-    throw new EngineError("OUT_OF_RANGE", "qcow2: request beyond the end of the image", { reason: "QCOW2_OUT_OF_RANGE" });
+    throw new EngineError("OUT_OF_RANGE", "qcow2: request beyond the end of the image", {
+      reason: "QCOW2_OUT_OF_RANGE",
+    });
   }
 }

@@ -16,12 +16,19 @@ export function inflateCluster(compressed: Uint8Array, clusterSize: number): Buf
       finishFlush: zlibConstants.Z_SYNC_FLUSH,
     });
   } catch (cause) {
-    throw corrupt("QCOW2_BAD_COMPRESSED_CLUSTER", `compressed cluster does not inflate to ${clusterSize} bytes`, {
-      detail: cause instanceof Error ? cause.message.slice(0, 100) : "inflate failed",
-    });
+    throw corrupt(
+      "QCOW2_BAD_COMPRESSED_CLUSTER",
+      `compressed cluster does not inflate to ${clusterSize} bytes`,
+      {
+        detail: cause instanceof Error ? cause.message.slice(0, 100) : "inflate failed",
+      },
+    );
   }
   if (out.length !== clusterSize) {
-    throw corrupt("QCOW2_BAD_COMPRESSED_CLUSTER", `compressed cluster inflates to ${out.length} bytes, not ${clusterSize}`);
+    throw corrupt(
+      "QCOW2_BAD_COMPRESSED_CLUSTER",
+      `compressed cluster inflates to ${out.length} bytes, not ${clusterSize}`,
+    );
   }
   return out;
 }

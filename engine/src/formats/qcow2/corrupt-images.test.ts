@@ -1,4 +1,14 @@
-import { closeSync, mkdirSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
+import {
+  closeSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EngineError } from "../../errors.js";
@@ -16,7 +26,10 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 let counter = 0;
 /** A small qemu-made image with data in cluster 0 of the guest (one L2 table, one data cluster). */
-function baseImage(options = "cluster_size=65536", io = ["write -P 0x11 0 65536", "write -P 0x12 1M 4096"]): string {
+function baseImage(
+  options = "cluster_size=65536",
+  io = ["write -P 0x11 0 65536", "write -P 0x12 1M 4096"],
+): string {
   const path = join(dir, `img-${counter++}.qcow2`);
   qemuOk("qemu-img", ["create", "-q", "-f", "qcow2", "-o", options, path, "8M"]);
   if (io.length > 0) qemuOk("qemu-io", ["-f", "qcow2", ...io.flatMap((c) => ["-c", c]), path]);
@@ -134,12 +147,37 @@ describe("hostile qcow2 images fail with typed errors in bounded time", () => {
 
   // Row C: header extensions (v3 header is 112 bytes; extensions start there).
   it.each([
-    ["C1 extension larger than the area", [...u32(0xabcdef), ...u32(0x10000)], "CORRUPT", "QCOW2_HEADER_EXTENSION_TOO_LARGE"],
-    ["C2 backing format of 16 bytes", [...u32(0xe2792aca), ...u32(16)], "CORRUPT", "QCOW2_BACKING_FORMAT_TOO_LONG"],
-    ["C3 external data file name", [...u32(0x44415441), ...u32(11), ...Buffer.from("/etc/shadow")], "UNSUPPORTED", "QCOW2_EXTERNAL_DATA_FILE"],
-    ["C4 repeated extension", [...u32(0x77), ...u32(0), ...u32(0x77), ...u32(0)], "CORRUPT", "QCOW2_DUPLICATE_HEADER_EXTENSION"],
+    [
+      "C1 extension larger than the area",
+      [...u32(0xabcdef), ...u32(0x10000)],
+      "CORRUPT",
+      "QCOW2_HEADER_EXTENSION_TOO_LARGE",
+    ],
+    [
+      "C2 backing format of 16 bytes",
+      [...u32(0xe2792aca), ...u32(16)],
+      "CORRUPT",
+      "QCOW2_BACKING_FORMAT_TOO_LONG",
+    ],
+    [
+      "C3 external data file name",
+      [...u32(0x44415441), ...u32(11), ...Buffer.from("/etc/shadow")],
+      "UNSUPPORTED",
+      "QCOW2_EXTERNAL_DATA_FILE",
+    ],
+    [
+      "C4 repeated extension",
+      [...u32(0x77), ...u32(0), ...u32(0x77), ...u32(0)],
+      "CORRUPT",
+      "QCOW2_DUPLICATE_HEADER_EXTENSION",
+    ],
     ["C5 crypto header without LUKS", [...u32(0x0537be77), ...u32(16)], "UNSUPPORTED", "QCOW2_ENCRYPTED"],
-    ["C6 bitmaps extension with bad size", [...u32(0x23852875), ...u32(8)], "CORRUPT", "QCOW2_BAD_BITMAPS_EXTENSION"],
+    [
+      "C6 bitmaps extension with bad size",
+      [...u32(0x23852875), ...u32(8)],
+      "CORRUPT",
+      "QCOW2_BAD_BITMAPS_EXTENSION",
+    ],
   ] as const)("%s", async (_name, bytes, code, reason) => {
     const path = baseImage();
     poke(path, 112, [...bytes]);
@@ -187,10 +225,18 @@ describe("hostile qcow2 images fail with typed errors in bounded time", () => {
     const { l2, l1 } = tables(path);
     poke(path, l2, u64((1n << 63n) | BigInt(l1))); // guest cluster 0 "is" the L1 table
     const img = await openImage(path, false);
-    expect(await failure(() => img.write(0, Buffer.alloc(512, 1)))).toMatchObject({ code: "CORRUPT", reason: "QCOW2_WRITE_OVERLAPS_METADATA" });
-    expect(await failure(() => img.write(4 << 20, Buffer.alloc(512, 1)))).toMatchObject({ code: "CORRUPT", reason: "QCOW2_CORRUPT" });
+    expect(await failure(() => img.write(0, Buffer.alloc(512, 1)))).toMatchObject({
+      code: "CORRUPT",
+      reason: "QCOW2_WRITE_OVERLAPS_METADATA",
+    });
+    expect(await failure(() => img.write(4 << 20, Buffer.alloc(512, 1)))).toMatchObject({
+      code: "CORRUPT",
+      reason: "QCOW2_CORRUPT",
+    });
     await img.close();
-    const info = JSON.parse(qemuOk("qemu-img", ["info", "--output=json", path])) as { "format-specific": { data: { corrupt: boolean } } };
+    const info = JSON.parse(qemuOk("qemu-img", ["info", "--output=json", path])) as {
+      "format-specific": { data: { corrupt: boolean } };
+    };
     expect(info["format-specific"].data.corrupt).toBe(true);
     expect(await openFails(path, false)).toMatchObject({ code: "CORRUPT", reason: "QCOW2_CORRUPT" });
   });
@@ -217,17 +263,27 @@ describe("hostile qcow2 images fail with typed errors in bounded time", () => {
     const path = baseImage();
     poke(path, tables(path).reftable, u64(1n << 40n));
     const img = await openImage(path, false);
-    expect(await failure(() => img.write(6 << 20, Buffer.alloc(4096, 3)))).toMatchObject({ code: "CORRUPT", reason: "QCOW2_REFBLOCK_OUT_OF_RANGE" });
+    expect(await failure(() => img.write(6 << 20, Buffer.alloc(4096, 3)))).toMatchObject({
+      code: "CORRUPT",
+      reason: "QCOW2_REFBLOCK_OUT_OF_RANGE",
+    });
     await img.close();
     const path2 = baseImage();
     poke(path2, tables(path2).reftable, u64(0x10100n));
     const img2 = await openImage(path2, false);
-    expect(await failure(() => img2.write(6 << 20, Buffer.alloc(4096, 3)))).toMatchObject({ code: "CORRUPT", reason: "QCOW2_REFBLOCK_UNALIGNED" });
+    expect(await failure(() => img2.write(6 << 20, Buffer.alloc(4096, 3)))).toMatchObject({
+      code: "CORRUPT",
+      reason: "QCOW2_REFBLOCK_UNALIGNED",
+    });
     await img2.close();
   });
 
   it("D10/D11 refcounts below references are corruption, above are leaks; repair fixes both", async () => {
-    const path = baseImage("cluster_size=65536", ["write -P 0x11 0 65536", "write -P 0x13 4M 65536", "discard 4M 65536"]);
+    const path = baseImage("cluster_size=65536", [
+      "write -P 0x11 0 65536",
+      "write -P 0x13 4M 65536",
+      "discard 4M 65536",
+    ]);
     const { refblock, l2 } = tables(path);
     const dataCluster = (readU64(path, l2) & 0x00ff_ffff_ffff_fe00) / CS;
     const freeCluster = statSync(path).size / CS - 1; // freed by the discard, still inside the file

@@ -20,7 +20,8 @@ export const INCOMPAT_CORRUPT = 1n << 1n;
 export const INCOMPAT_DATA_FILE = 1n << 2n;
 export const INCOMPAT_COMPRESSION = 1n << 3n;
 export const INCOMPAT_EXTENDED_L2 = 1n << 4n;
-const INCOMPAT_KNOWN = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTENDED_L2;
+const INCOMPAT_KNOWN =
+  INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTENDED_L2;
 export const COMPAT_LAZY_REFCOUNTS = 1n << 0n;
 export const AUTOCLEAR_BITMAPS = 1n << 0n;
 export const AUTOCLEAR_DATA_FILE_RAW = 1n << 1n;
@@ -93,7 +94,8 @@ export function backingFormatOf(h: Qcow2Header): string | undefined {
 /** Returns a copy with the backing-format extension set (or removed), keeping other extensions in place. */
 export function withBackingFormat(h: Qcow2Header, format: string | undefined): Qcow2Header {
   const extensions = h.extensions.filter((e) => e.type !== EXT_BACKING_FORMAT);
-  if (format !== undefined) extensions.unshift({ type: EXT_BACKING_FORMAT, data: Uint8Array.from(Buffer.from(format, "latin1")) });
+  if (format !== undefined)
+    extensions.unshift({ type: EXT_BACKING_FORMAT, data: Uint8Array.from(Buffer.from(format, "latin1")) });
   return { ...h, extensions };
 }
 
@@ -123,7 +125,8 @@ export function peekClusterBits(head: Uint8Array): number {
     throw unsupported("QCOW2_UNSUPPORTED_VERSION", `unsupported qcow2 version ${version}`);
   }
   const clusterBits = readU32(head, 20);
-  if (clusterBits < MIN_CLUSTER_BITS) throw corrupt("QCOW2_BAD_CLUSTER_BITS", `invalid cluster_bits ${clusterBits}`);
+  if (clusterBits < MIN_CLUSTER_BITS)
+    throw corrupt("QCOW2_BAD_CLUSTER_BITS", `invalid cluster_bits ${clusterBits}`);
   if (clusterBits > MAX_CLUSTER_BITS) {
     throw unsupported("QCOW2_BAD_CLUSTER_BITS", `unsupported cluster size (cluster_bits ${clusterBits})`);
   }
@@ -147,8 +150,10 @@ function validateTable(
   fileSize: number,
   tooLargeReason: string,
 ): void {
-  if (entries > maxBytes / entryBytes) throw unsupported(tooLargeReason, `${what} too large (${entries} entries)`);
-  if (offset % clusterSize !== 0) throw corrupt("QCOW2_TABLE_OFFSET_INVALID", `${what} offset ${offset} is not cluster-aligned`);
+  if (entries > maxBytes / entryBytes)
+    throw unsupported(tooLargeReason, `${what} too large (${entries} entries)`);
+  if (offset % clusterSize !== 0)
+    throw corrupt("QCOW2_TABLE_OFFSET_INVALID", `${what} offset ${offset} is not cluster-aligned`);
   if (entries > 0 && (offset === 0 || offset + entries * entryBytes > fileSize)) {
     throw corrupt("QCOW2_TABLE_OFFSET_INVALID", `${what} at ${offset} lies outside the file`);
   }
@@ -161,7 +166,8 @@ function validateTable(
 export function parseHeader(cluster0: Uint8Array, fileSize: number): Qcow2Header {
   const clusterBits = peekClusterBits(cluster0);
   const clusterSize = 2 ** clusterBits;
-  if (cluster0.length < Math.min(clusterSize, V3_HEADER_LENGTH)) throw corrupt("QCOW2_TRUNCATED", "header truncated");
+  if (cluster0.length < Math.min(clusterSize, V3_HEADER_LENGTH))
+    throw corrupt("QCOW2_TRUNCATED", "header truncated");
   const version = readU32(cluster0, 4) as 2 | 3;
 
   let incompatibleFeatures = 0n;
@@ -176,20 +182,27 @@ export function parseHeader(cluster0: Uint8Array, fileSize: number): Qcow2Header
     autoclearFeatures = readU64(cluster0, 88);
     refcountOrder = readU32(cluster0, 96);
     headerLength = readU32(cluster0, 100);
-    if (headerLength < V3_HEADER_LENGTH) throw corrupt("QCOW2_BAD_HEADER_LENGTH", `header_length ${headerLength} too short`);
+    if (headerLength < V3_HEADER_LENGTH)
+      throw corrupt("QCOW2_BAD_HEADER_LENGTH", `header_length ${headerLength} too short`);
     if (headerLength > clusterSize) throw corrupt("QCOW2_BAD_HEADER_LENGTH", "header exceeds cluster size");
-    if (headerLength % 8 !== 0) throw corrupt("QCOW2_BAD_HEADER_LENGTH", "header_length is not a multiple of 8");
+    if (headerLength % 8 !== 0)
+      throw corrupt("QCOW2_BAD_HEADER_LENGTH", "header_length is not a multiple of 8");
     headerTail = Uint8Array.from(cluster0.subarray(V3_HEADER_LENGTH, headerLength));
   }
 
   const backingFileOffset = u64Field(cluster0, 8, "backing_file_offset");
   const backingFileSize = readU32(cluster0, 16);
-  if (backingFileOffset > clusterSize) throw corrupt("QCOW2_BAD_BACKING_OFFSET", "invalid backing file offset");
+  if (backingFileOffset > clusterSize)
+    throw corrupt("QCOW2_BAD_BACKING_OFFSET", "invalid backing file offset");
 
   const compressionType = headerTail.length > 0 ? (headerTail[0] ?? 0) : 0;
-  if (compressionType > 1) throw unsupported("QCOW2_UNKNOWN_COMPRESSION_TYPE", `unknown compression type ${compressionType}`);
+  if (compressionType > 1)
+    throw unsupported("QCOW2_UNKNOWN_COMPRESSION_TYPE", `unknown compression type ${compressionType}`);
   if ((compressionType !== 0) !== ((incompatibleFeatures & INCOMPAT_COMPRESSION) !== 0n)) {
-    throw corrupt("QCOW2_COMPRESSION_TYPE_MISMATCH", "compression type and its incompatible feature bit disagree");
+    throw corrupt(
+      "QCOW2_COMPRESSION_TYPE_MISMATCH",
+      "compression type and its incompatible feature bit disagree",
+    );
   }
 
   const size = readU64(cluster0, 24);
@@ -232,7 +245,10 @@ export function parseHeader(cluster0: Uint8Array, fileSize: number): Qcow2Header
     for (let bit = 0; bit < 64; bit++) {
       if ((unknown >> BigInt(bit)) & 1n) bits.push(featureName(header, 0, bit) ?? `bit ${bit}`);
     }
-    throw unsupported("QCOW2_UNKNOWN_INCOMPATIBLE_FEATURE", `unsupported incompatible features: ${bits.slice(0, 8).join(", ")}`);
+    throw unsupported(
+      "QCOW2_UNKNOWN_INCOMPATIBLE_FEATURE",
+      `unsupported incompatible features: ${bits.slice(0, 8).join(", ")}`,
+    );
   }
   if (incompatibleFeatures & INCOMPAT_DATA_FILE || autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) {
     throw unsupported("QCOW2_EXTERNAL_DATA_FILE", "images with an external data file are not supported");
@@ -248,7 +264,8 @@ export function parseHeader(cluster0: Uint8Array, fileSize: number): Qcow2Header
   if (cryptMethod !== 0 || findExtension(header, EXT_CRYPTO)) {
     throw unsupported("QCOW2_ENCRYPTED", "encrypted images are not supported");
   }
-  if (refcountTableClusters === 0) throw corrupt("QCOW2_NO_REFCOUNT_TABLE", "image does not contain a reference count table");
+  if (refcountTableClusters === 0)
+    throw corrupt("QCOW2_NO_REFCOUNT_TABLE", "image does not contain a reference count table");
 
   validateTable(
     "refcount table",
@@ -260,13 +277,27 @@ export function parseHeader(cluster0: Uint8Array, fileSize: number): Qcow2Header
     fileSize,
     "QCOW2_REFTABLE_TOO_LARGE",
   );
-  if (nbSnapshots > MAX_SNAPSHOTS) throw unsupported("QCOW2_TOO_MANY_SNAPSHOTS", `too many snapshots (${nbSnapshots})`);
-  if (snapshotsOffset % clusterSize !== 0 || (nbSnapshots > 0 && (snapshotsOffset === 0 || snapshotsOffset >= fileSize))) {
+  if (nbSnapshots > MAX_SNAPSHOTS)
+    throw unsupported("QCOW2_TOO_MANY_SNAPSHOTS", `too many snapshots (${nbSnapshots})`);
+  if (
+    snapshotsOffset % clusterSize !== 0 ||
+    (nbSnapshots > 0 && (snapshotsOffset === 0 || snapshotsOffset >= fileSize))
+  ) {
     throw corrupt("QCOW2_TABLE_OFFSET_INVALID", "invalid snapshot table offset");
   }
-  validateTable("active L1 table", l1TableOffset, l1Size, 8, MAX_L1_BYTES, clusterSize, fileSize, "QCOW2_L1_TOO_LARGE");
+  validateTable(
+    "active L1 table",
+    l1TableOffset,
+    l1Size,
+    8,
+    MAX_L1_BYTES,
+    clusterSize,
+    fileSize,
+    "QCOW2_L1_TOO_LARGE",
+  );
 
-  if (size > BigInt(Number.MAX_SAFE_INTEGER)) throw unsupported("QCOW2_IMAGE_TOO_BIG", "virtual size above 2^53 bytes");
+  if (size > BigInt(Number.MAX_SAFE_INTEGER))
+    throw unsupported("QCOW2_IMAGE_TOO_BIG", "virtual size above 2^53 bytes");
   header.size = Number(size);
   const extendedL2 = (incompatibleFeatures & INCOMPAT_EXTENDED_L2) !== 0n;
   const l2Entries = clusterSize / (extendedL2 ? 16 : 8);
@@ -278,9 +309,9 @@ export function parseHeader(cluster0: Uint8Array, fileSize: number): Qcow2Header
     if (backingFileSize > Math.min(MAX_BACKING_NAME, clusterSize - backingFileOffset)) {
       throw corrupt("QCOW2_BACKING_NAME_TOO_LONG", "backing file name too long");
     }
-    header.backingFile = Buffer.from(cluster0.subarray(backingFileOffset, backingFileOffset + backingFileSize)).toString(
-      "utf8",
-    );
+    header.backingFile = Buffer.from(
+      cluster0.subarray(backingFileOffset, backingFileOffset + backingFileSize),
+    ).toString("utf8");
   }
   return header;
 }
@@ -294,8 +325,10 @@ function parseExtensions(cluster0: Uint8Array, start: number, end: number): Head
     const len = readU32(cluster0, at + 4);
     at += 8;
     if (type === EXT_END) break;
-    if (len > end - at) throw corrupt("QCOW2_HEADER_EXTENSION_TOO_LARGE", `header extension 0x${type.toString(16)} too large`);
-    if (seen.has(type)) throw corrupt("QCOW2_DUPLICATE_HEADER_EXTENSION", `header extension 0x${type.toString(16)} repeated`);
+    if (len > end - at)
+      throw corrupt("QCOW2_HEADER_EXTENSION_TOO_LARGE", `header extension 0x${type.toString(16)} too large`);
+    if (seen.has(type))
+      throw corrupt("QCOW2_DUPLICATE_HEADER_EXTENSION", `header extension 0x${type.toString(16)} repeated`);
     seen.add(type);
     const data = Uint8Array.from(cluster0.subarray(at, at + len));
     if (type === EXT_BACKING_FORMAT && len >= 16) {
@@ -309,11 +342,14 @@ function parseExtensions(cluster0: Uint8Array, start: number, end: number): Head
 }
 
 function validateBitmapsExtension(data: Uint8Array): void {
-  if (data.length !== 24) throw corrupt("QCOW2_BAD_BITMAPS_EXTENSION", "bitmaps extension has the wrong size");
+  if (data.length !== 24)
+    throw corrupt("QCOW2_BAD_BITMAPS_EXTENSION", "bitmaps extension has the wrong size");
   const nb = readU32(data, 0);
   const reserved = readU32(data, 4);
-  if (reserved !== 0 || nb === 0 || nb > 65535) throw corrupt("QCOW2_BAD_BITMAPS_EXTENSION", "invalid bitmaps extension");
-  if (readU64(data, 8) > BigInt(1024 * 65535)) throw corrupt("QCOW2_BAD_BITMAPS_EXTENSION", "bitmap directory too large");
+  if (reserved !== 0 || nb === 0 || nb > 65535)
+    throw corrupt("QCOW2_BAD_BITMAPS_EXTENSION", "invalid bitmaps extension");
+  if (readU64(data, 8) > BigInt(1024 * 65535))
+    throw corrupt("QCOW2_BAD_BITMAPS_EXTENSION", "bitmap directory too large");
 }
 
 /** Bytes the serialized header occupies (header, extensions, end marker, backing name). */

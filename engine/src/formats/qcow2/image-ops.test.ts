@@ -17,7 +17,10 @@ beforeAll(() => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-async function memoryImage(opts: Partial<CreateOptions> = {}, backing?: BlockImage): Promise<{ file: MemoryFile; img: BlockImage }> {
+async function memoryImage(
+  opts: Partial<CreateOptions> = {},
+  backing?: BlockImage,
+): Promise<{ file: MemoryFile; img: BlockImage }> {
   const file = createMemoryFile();
   const create: CreateOptions = { size: 8 * MiB, prealloc: "off", clusterSize: 65536, ...opts };
   if (backing) create.backing = { image: backing, link: { fileName: "base.qcow2", format: "qcow2" } };
@@ -46,11 +49,31 @@ describe("qcow2 image operations", () => {
     const top = await memoryImage({}, base.img);
     await top.img.write(65536, Buffer.alloc(65536, 2));
     await top.img.writeZeroes(2 * 65536, 65536);
-    expect(await top.img.blockStatus(0, 8 * MiB)).toEqual({ length: 65536, allocated: false, data: false, zero: false });
-    expect(await top.img.blockStatus(65536, MiB)).toMatchObject({ length: 65536, allocated: true, data: true, zero: false });
-    expect(await top.img.blockStatus(2 * 65536, MiB)).toEqual({ length: 65536, allocated: true, data: false, zero: true });
+    expect(await top.img.blockStatus(0, 8 * MiB)).toEqual({
+      length: 65536,
+      allocated: false,
+      data: false,
+      zero: false,
+    });
+    expect(await top.img.blockStatus(65536, MiB)).toMatchObject({
+      length: 65536,
+      allocated: true,
+      data: true,
+      zero: false,
+    });
+    expect(await top.img.blockStatus(2 * 65536, MiB)).toEqual({
+      length: 65536,
+      allocated: true,
+      data: false,
+      zero: true,
+    });
     const noBacking = await memoryImage();
-    expect(await noBacking.img.blockStatus(100, 1000)).toEqual({ length: 1000, allocated: false, data: false, zero: false });
+    expect(await noBacking.img.blockStatus(100, 1000)).toEqual({
+      length: 1000,
+      allocated: false,
+      data: false,
+      zero: false,
+    });
     const read = Buffer.alloc(3 * 65536);
     await top.img.read(0, read);
     expect(read.subarray(0, 65536).every((b) => b === 1)).toBe(true);
@@ -62,7 +85,12 @@ describe("qcow2 image operations", () => {
     const { img } = await memoryImage();
     await img.write(0, Buffer.alloc(4 * 65536, 7));
     await img.writeZeroes(0, 65536);
-    expect(await img.blockStatus(0, 65536)).toMatchObject({ allocated: true, zero: true, data: false, hostOffset: expect.any(Number) });
+    expect(await img.blockStatus(0, 65536)).toMatchObject({
+      allocated: true,
+      zero: true,
+      data: false,
+      hostOffset: expect.any(Number),
+    });
     await img.writeZeroes(65536, 65536, { mayUnmap: true });
     expect((await img.blockStatus(65536, 65536)).hostOffset).toBeUndefined();
     await img.discard(2 * 65536, 65536);
@@ -81,7 +109,9 @@ describe("qcow2 image operations", () => {
     const base = await memoryImage({ qcow2: { compat: "0.10" } });
     await base.img.write(0, Buffer.alloc(65536, 9));
     const top = await memoryImage({ qcow2: { compat: "0.10" } }, base.img);
-    expect(await errorOf(top.img.writeZeroes(0, 65536, { noFallback: true }))).toMatchObject({ code: "UNSUPPORTED" });
+    expect(await errorOf(top.img.writeZeroes(0, 65536, { noFallback: true }))).toMatchObject({
+      code: "UNSUPPORTED",
+    });
     await top.img.writeZeroes(0, 65536);
     const out = Buffer.alloc(65536, 1);
     await top.img.read(0, out);
@@ -93,7 +123,9 @@ describe("qcow2 image operations", () => {
     const { img } = await memoryImage();
     await img.writeZeroes(100, 1000, { noFallback: true }); // already reads as zeros
     await img.write(0, Buffer.alloc(4096, 5));
-    expect(await errorOf(img.writeZeroes(100, 1000, { noFallback: true }))).toMatchObject({ code: "UNSUPPORTED" });
+    expect(await errorOf(img.writeZeroes(100, 1000, { noFallback: true }))).toMatchObject({
+      code: "UNSUPPORTED",
+    });
     await img.writeZeroes(100, 1000);
     const out = Buffer.alloc(4096);
     await img.read(0, out);
@@ -112,9 +144,15 @@ describe("qcow2 image operations", () => {
     const base = await memoryImage();
     const top = await memoryImage({}, base.img);
     await top.img.flush();
-    expect(await errorOf(qcow2Driver.open(top.file, { readOnly: true }))).toMatchObject({ reason: "QCOW2_BACKING_REQUIRED" });
+    expect(await errorOf(qcow2Driver.open(top.file, { readOnly: true }))).toMatchObject({
+      reason: "QCOW2_BACKING_REQUIRED",
+    });
     const inspect = await qcow2Driver.open(top.file, { readOnly: true, allowMissingBacking: true });
-    expect(inspect.details().qcow2).toMatchObject({ backingFile: "base.qcow2", backingFormat: "qcow2", version: 3 });
+    expect(inspect.details().qcow2).toMatchObject({
+      backingFile: "base.qcow2",
+      backingFormat: "qcow2",
+      version: 3,
+    });
   });
 
   it.each([
@@ -125,7 +163,9 @@ describe("qcow2 image operations", () => {
     [{ qcow2: { extendedL2: true }, clusterSize: 4096 }, "QCOW2_BAD_EXTENDED_L2"],
     [{ size: -1 }, "QCOW2_BAD_SIZE"],
   ])("create rejects %j", async (opts, reason) => {
-    expect(await errorOf(qcow2Driver.create(createMemoryFile(), { size: MiB, prealloc: "off", ...opts }))).toMatchObject({
+    expect(
+      await errorOf(qcow2Driver.create(createMemoryFile(), { size: MiB, prealloc: "off", ...opts })),
+    ).toMatchObject({
       code: "INVALID_ARGUMENT",
       reason,
     });
@@ -207,11 +247,29 @@ describe("qcow2 image operations", () => {
       writeFileSync(path, file.contents());
       const check = qemu("qemu-img", ["check", "--output=json", path]);
       expect([0, 3]).toContain(check.code);
-      const reopened = await qcow2Driver.open(createMemoryFile({ data: file.contents() }), { readOnly: false });
+      const reopened = await qcow2Driver.open(createMemoryFile({ data: file.contents() }), {
+        readOnly: false,
+      });
       const repaired = await reopened.check({ repair: "leaks" });
       expect(repaired.corruptions).toBe(0);
       expect(repaired.leaks).toBe(0);
     }
     expect(completed).toBe(true);
   });
+});
+
+describe("qcow2 resize over a longer backing image", () => {
+  for (const compat of ["1.1", "0.10"] as const) {
+    it(`grown area reads zeros, not the backing's data (compat ${compat})`, async () => {
+      const base = await memoryImage({ size: 8 * MiB, qcow2: { compat } });
+      await base.img.write(0, Buffer.alloc(8 * MiB, 0x42));
+      const top = await memoryImage({ size: 2 * MiB + 1000, qcow2: { compat } }, base.img);
+      await top.img.truncate(6 * MiB, { prealloc: "off" });
+      const out = Buffer.alloc(6 * MiB);
+      await top.img.read(0, out);
+      expect(out.subarray(0, 2 * MiB + 1000).every((b) => b === 0x42)).toBe(true);
+      expect(out.subarray(2 * MiB + 1000).every((b) => b === 0)).toBe(true);
+      expect((await top.img.check({ repair: "none" })).corruptions).toBe(0);
+    });
+  }
 });

@@ -1,6 +1,12 @@
 import { describe, expect, it } from "vitest";
 import { EngineError } from "../../errors.js";
-import { classifyL1Entry, classifyL2Entry, encodeCompressedEntry, encodeStandardEntry, type EntryContext } from "./l2-entry.js";
+import {
+  classifyL1Entry,
+  classifyL2Entry,
+  type EntryContext,
+  encodeCompressedEntry,
+  encodeStandardEntry,
+} from "./l2-entry.js";
 
 const v3: EntryContext = { version: 3, clusterBits: 16, extendedL2: false };
 const v2: EntryContext = { version: 2, clusterBits: 16, extendedL2: false };
@@ -59,9 +65,13 @@ describe("qcow2 L2 entry classification", () => {
     expect(classifyL2Entry(ext, host.hi, host.lo, alloc, zero, 4).type).toBe("unallocated-alloc");
     expect(classifyL2Entry(ext, 0, 0, 0, 0xffff_ffff, 31).type).toBe("zero-plain");
     expect(classifyL2Entry(ext, 0, 0, 0, 0, 3).type).toBe("unallocated");
-    expect(reason(() => classifyL2Entry(ext, host.hi, host.lo, 1, 1, 0))).toBe("CORRUPT/QCOW2_L2_BITMAP_INVALID");
+    expect(reason(() => classifyL2Entry(ext, host.hi, host.lo, 1, 1, 0))).toBe(
+      "CORRUPT/QCOW2_L2_BITMAP_INVALID",
+    );
     expect(reason(() => classifyL2Entry(ext, 0, 0, 1, 0, 5))).toBe("CORRUPT/QCOW2_L2_BITMAP_INVALID");
-    expect(reason(() => classifyL2Entry(ext, host.hi, host.lo | 1, 0, 0, 0))).toBe("CORRUPT/QCOW2_L2_ENTRY_INVALID");
+    expect(reason(() => classifyL2Entry(ext, host.hi, host.lo | 1, 0, 0, 0))).toBe(
+      "CORRUPT/QCOW2_L2_ENTRY_INVALID",
+    );
     const c = encodeCompressedEntry(16, 0x20000, 0);
     expect(reason(() => classifyL2Entry(ext, c.hi, c.lo, 1, 0, 0))).toBe("CORRUPT/QCOW2_L2_ENTRY_INVALID");
   });
@@ -69,7 +79,9 @@ describe("qcow2 L2 entry classification", () => {
   it("classifies L1 entries", () => {
     expect(classifyL1Entry(COPIED, 0x20000, 65536, 0)).toEqual({ l2Offset: 0x20000, copied: true });
     expect(reason(() => classifyL1Entry(0, 0x20200, 65536, 3))).toBe("CORRUPT/QCOW2_L2_OFFSET_UNALIGNED");
-    expect(reason(() => classifyL1Entry(0x0100_0000, 0x20000, 65536, 3))).toBe("CORRUPT/QCOW2_L1_ENTRY_INVALID");
+    expect(reason(() => classifyL1Entry(0x0100_0000, 0x20000, 65536, 3))).toBe(
+      "CORRUPT/QCOW2_L1_ENTRY_INVALID",
+    );
     expect(reason(() => classifyL1Entry(0, 0x20001, 65536, 3))).toBe("CORRUPT/QCOW2_L1_ENTRY_INVALID");
   });
 

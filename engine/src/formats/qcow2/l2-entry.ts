@@ -10,7 +10,13 @@ import { compressedOffsetBits } from "./layout.js";
  * - normal: data at hostOffset
  * - compressed: deflated data somewhere in the file
  */
-export type ClusterType = "unallocated" | "unallocated-alloc" | "zero-plain" | "zero-alloc" | "normal" | "compressed";
+export type ClusterType =
+  | "unallocated"
+  | "unallocated-alloc"
+  | "zero-plain"
+  | "zero-alloc"
+  | "normal"
+  | "compressed";
 
 export interface ClassifiedEntry {
   type: ClusterType;
@@ -44,7 +50,12 @@ export function entryOffset(hi: number, lo: number): number {
 }
 
 /** Classifies an L1 entry: the L2 table offset (0 = none) and its COPIED flag. */
-export function classifyL1Entry(hi: number, lo: number, clusterSize: number, l1Index: number): { l2Offset: number; copied: boolean } {
+export function classifyL1Entry(
+  hi: number,
+  lo: number,
+  clusterSize: number,
+  l1Index: number,
+): { l2Offset: number; copied: boolean } {
   if ((hi & L1_HI_RESERVED) !== 0 || (lo & L1_LO_RESERVED) !== 0) {
     throw corrupt("QCOW2_L1_ENTRY_INVALID", `L1 entry ${l1Index} has reserved bits set`);
   }
@@ -78,7 +89,8 @@ export function classifyL2Entry(
     const x = BigInt(compressedOffsetBits(ctx.clusterBits));
     const offset = descriptor & ((1n << x) - 1n);
     const extraSectors = descriptor >> x;
-    if (offset > BigInt(Number.MAX_SAFE_INTEGER)) throw corrupt("QCOW2_COMPRESSED_OUT_OF_RANGE", "compressed offset out of range");
+    if (offset > BigInt(Number.MAX_SAFE_INTEGER))
+      throw corrupt("QCOW2_COMPRESSED_OUT_OF_RANGE", "compressed offset out of range");
     const compressedOffset = Number(offset);
     const compressedLength = (Number(extraSectors) + 1) * 512 - (compressedOffset % 512);
     return { type: "compressed", hostOffset: 0, copied: false, compressedOffset, compressedLength };
@@ -92,7 +104,8 @@ export function classifyL2Entry(
   if (hostOffset % clusterSize !== 0) {
     throw corrupt("QCOW2_CLUSTER_OFFSET_UNALIGNED", `cluster allocation offset ${hostOffset} unaligned`);
   }
-  if (hostOffset === 0 && copied) throw corrupt("QCOW2_L2_ENTRY_INVALID", "L2 entry with offset 0 has the COPIED flag set");
+  if (hostOffset === 0 && copied)
+    throw corrupt("QCOW2_L2_ENTRY_INVALID", "L2 entry with offset 0 has the COPIED flag set");
 
   if (ctx.extendedL2) {
     if (zeroFlag) throw corrupt("QCOW2_L2_ENTRY_INVALID", "zero flag set in an extended L2 entry");
@@ -100,7 +113,8 @@ export function classifyL2Entry(
     const zero = ((zeroMask >>> subcluster) & 1) !== 0;
     if (alloc && zero) throw corrupt("QCOW2_L2_BITMAP_INVALID", "subcluster both allocated and zero");
     if (hostOffset === 0) {
-      if (alloc || allocMask !== 0) throw corrupt("QCOW2_L2_BITMAP_INVALID", "allocated subcluster without a host cluster");
+      if (alloc || allocMask !== 0)
+        throw corrupt("QCOW2_L2_BITMAP_INVALID", "allocated subcluster without a host cluster");
       return { type: zero ? "zero-plain" : "unallocated", hostOffset: 0, copied };
     }
     return { type: alloc ? "normal" : zero ? "zero-alloc" : "unallocated-alloc", hostOffset, copied };
@@ -114,7 +128,11 @@ export function classifyL2Entry(
 }
 
 /** Encodes a standard entry: host offset (cluster-aligned), zero flag, COPIED flag. */
-export function encodeStandardEntry(hostOffset: number, zero: boolean, copied: boolean): { hi: number; lo: number } {
+export function encodeStandardEntry(
+  hostOffset: number,
+  zero: boolean,
+  copied: boolean,
+): { hi: number; lo: number } {
   const { hi, lo } = splitNumber(hostOffset);
   return { hi: (hi | (copied ? HI_COPIED : 0)) >>> 0, lo: (lo | (zero ? 1 : 0)) >>> 0 };
 }
@@ -125,7 +143,11 @@ export function encodeL1Entry(l2Offset: number, copied: boolean): { hi: number; 
 }
 
 /** Encodes a compressed descriptor (used by tests and by check's corpus builder). */
-export function encodeCompressedEntry(clusterBits: number, offset: number, extraSectors: number): { hi: number; lo: number } {
+export function encodeCompressedEntry(
+  clusterBits: number,
+  offset: number,
+  extraSectors: number,
+): { hi: number; lo: number } {
   const x = BigInt(compressedOffsetBits(clusterBits));
   const v = (1n << 62n) | (BigInt(extraSectors) << x) | BigInt(offset);
   return { hi: Number(v >> 32n) >>> 0, lo: Number(v & 0xffff_ffffn) >>> 0 };

@@ -1,5 +1,13 @@
 import { describe, expect, it } from "vitest";
-import { clusterStart, compressedOffsetBits, l1EntriesFor, l1IndexOf, l2IndexOf, makeLayout, refcountIndexOf } from "./layout.js";
+import {
+  clusterStart,
+  compressedOffsetBits,
+  l1EntriesFor,
+  l1IndexOf,
+  l2IndexOf,
+  makeLayout,
+  refcountIndexOf,
+} from "./layout.js";
 
 describe("qcow2 layout", () => {
   it("computes table geometry for every cluster size and refcount width", () => {

@@ -69,7 +69,10 @@ export function l1EntriesFor(layout: Layout, size: number): number {
 }
 
 /** Refcount table index and in-block index of a host cluster. */
-export function refcountIndexOf(layout: Layout, hostOffset: number): { tableIndex: number; blockIndex: number } {
+export function refcountIndexOf(
+  layout: Layout,
+  hostOffset: number,
+): { tableIndex: number; blockIndex: number } {
   const cluster = Math.floor(hostOffset / layout.clusterSize);
   return {
     tableIndex: Math.floor(cluster / layout.refcountsPerBlock),

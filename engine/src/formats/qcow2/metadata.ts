@@ -9,11 +9,11 @@ import {
   INCOMPAT_DIRTY,
   INCOMPAT_EXTENDED_L2,
   type Qcow2Header,
-  serializeHeader,
   serializedHeaderLength,
+  serializeHeader,
 } from "./header.js";
-import { classifyL1Entry, encodeL1Entry, type EntryContext } from "./l2-entry.js";
-import { makeLayout, type Layout } from "./layout.js";
+import { classifyL1Entry, type EntryContext, encodeL1Entry } from "./l2-entry.js";
+import { type Layout, makeLayout } from "./layout.js";
 import { RefcountManager } from "./refcount.js";
 import type { SnapshotEntry } from "./snapshot.js";
 
@@ -48,7 +48,11 @@ export class Qcow2Metadata {
     public header: Qcow2Header,
     l1: Buffer,
   ) {
-    this.layout = makeLayout(header.clusterBits, header.refcountOrder, (header.incompatibleFeatures & INCOMPAT_EXTENDED_L2) !== 0n);
+    this.layout = makeLayout(
+      header.clusterBits,
+      header.refcountOrder,
+      (header.incompatibleFeatures & INCOMPAT_EXTENDED_L2) !== 0n,
+    );
     this.ctx = {
       version: header.version,
       clusterBits: header.clusterBits,
@@ -88,11 +92,20 @@ export class Qcow2Metadata {
   /** The L2 table offset for L1 index `i` (0 = none), validated against the image end. */
   l2OffsetAt(i: number): { l2Offset: number; copied: boolean } {
     if (i >= this.header.l1Size) return { l2Offset: 0, copied: false };
-    const entry = classifyL1Entry(this.l1View.getUint32(i * 8), this.l1View.getUint32(i * 8 + 4), this.clusterSize, i);
+    const entry = classifyL1Entry(
+      this.l1View.getUint32(i * 8),
+      this.l1View.getUint32(i * 8 + 4),
+      this.clusterSize,
+      i,
+    );
     if (entry.l2Offset !== 0 && entry.l2Offset + this.clusterSize > this.refcounts.allocEnd) {
-      throw corrupt("QCOW2_L2_OUT_OF_RANGE", `L2 table at ${entry.l2Offset} lies outside the image (L1 index ${i})`);
+      throw corrupt(
+        "QCOW2_L2_OUT_OF_RANGE",
+        `L2 table at ${entry.l2Offset} lies outside the image (L1 index ${i})`,
+      );
     }
-    if (entry.l2Offset === 0 && entry.copied) throw corrupt("QCOW2_L1_ENTRY_INVALID", `L1 entry ${i} has COPIED without a table`);
+    if (entry.l2Offset === 0 && entry.copied)
+      throw corrupt("QCOW2_L1_ENTRY_INVALID", `L1 entry ${i} has COPIED without a table`);
     return entry;
   }
 
@@ -123,9 +136,13 @@ export class Qcow2Metadata {
   /** Fails writes once the image is known to be corrupt. */
   assertWritable(): void {
     if (this.corruptDetected || (this.header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n) {
-      throw new EngineError("CORRUPT", "qcow2: image is marked corrupt; writes are refused until it is repaired", {
-        reason: "QCOW2_CORRUPT",
-      });
+      throw new EngineError(
+        "CORRUPT",
+        "qcow2: image is marked corrupt; writes are refused until it is repaired",
+        {
+          reason: "QCOW2_CORRUPT",
+        },
+      );
     }
   }
 
@@ -140,7 +157,12 @@ export class Qcow2Metadata {
   }
 
   /** Rewrites a 4-byte count + 8-byte offset pair (L1, refcount table, snapshots) in one write, synced. */
-  async writeCountOffsetPair(field: number, offsetFirst: boolean, count: number, offset: number): Promise<void> {
+  async writeCountOffsetPair(
+    field: number,
+    offsetFirst: boolean,
+    count: number,
+    offset: number,
+  ): Promise<void> {
     const buf = Buffer.alloc(12);
     if (offsetFirst) {
       writeU64(buf, 0, offset);
@@ -169,12 +191,18 @@ export class Qcow2Metadata {
   async rewriteHeader(next: Qcow2Header): Promise<void> {
     const length = serializedHeaderLength(next);
     if (length > this.clusterSize) {
-      throw new EngineError("INVALID_ARGUMENT", "qcow2: header and backing name do not fit in the first cluster", {
-        reason: "QCOW2_HEADER_TOO_LARGE",
-      });
+      throw new EngineError(
+        "INVALID_ARGUMENT",
+        "qcow2: header and backing name do not fit in the first cluster",
+        {
+          reason: "QCOW2_HEADER_TOO_LARGE",
+        },
+      );
     }
     const bytes = serializeHeader(next);
-    const padded = Buffer.alloc(Math.min(this.clusterSize, Math.max(length, serializedHeaderLength(this.header))));
+    const padded = Buffer.alloc(
+      Math.min(this.clusterSize, Math.max(length, serializedHeaderLength(this.header))),
+    );
     padded.set(bytes);
     await this.barrier();
     await this.file.write(0, padded);

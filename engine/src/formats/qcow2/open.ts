@@ -1,6 +1,8 @@
+import { splitNumber } from "../../binary/big-endian.js";
 import type { BlockImage, CreateOptions, OpenOptions } from "../../block-image.js";
 import { EngineError } from "../../errors.js";
 import type { HostFile } from "../../host/host-file.js";
+import { checkImage } from "./check.js";
 import { corrupt, invalidArgument } from "./errors.js";
 import {
   COMPAT_LAZY_REFCOUNTS,
@@ -13,10 +15,10 @@ import {
   MIN_CLUSTER_BITS,
   parseHeader,
   peekClusterBits,
-  type Qcow2Header,
   QCOW2_MAGIC,
-  serializeHeader,
+  type Qcow2Header,
   serializedHeaderLength,
+  serializeHeader,
   V3_HEADER_LENGTH,
   withBackingFormat,
 } from "./header.js";
@@ -24,9 +26,7 @@ import { alignUp, l1EntriesFor, makeLayout } from "./layout.js";
 import { Qcow2Metadata } from "./metadata.js";
 import { preallocateRange, Qcow2Image } from "./qcow2-image.js";
 import { setRefcountEntry } from "./refcount-entry.js";
-import { splitNumber } from "../../binary/big-endian.js";
 import { MAX_SNAPSHOT_TABLE_BYTES, parseSnapshotTable } from "./snapshot.js";
-import { checkImage } from "./check.js";
 
 /** 0..100 confidence that `head` starts a qcow2 image (magic and a version we know). */
 export function probeQcow2(head: Uint8Array): number {
@@ -60,9 +60,13 @@ export async function openQcow2(file: HostFile, opts: OpenOptions): Promise<Qcow
     throw corrupt("QCOW2_CORRUPT", "image is marked corrupt; it can only be opened read-only");
   }
   if (header.backingFile !== undefined && opts.backing === undefined && !opts.allowMissingBacking) {
-    throw new EngineError("FAILED_PRECONDITION", "qcow2: the image has a backing file, but none was supplied", {
-      reason: "QCOW2_BACKING_REQUIRED",
-    });
+    throw new EngineError(
+      "FAILED_PRECONDITION",
+      "qcow2: the image has a backing file, but none was supplied",
+      {
+        reason: "QCOW2_BACKING_REQUIRED",
+      },
+    );
   }
   const cs = 2 ** header.clusterBits;
   const l1 = Buffer.alloc(header.l1Size * 8);
@@ -71,7 +75,12 @@ export async function openQcow2(file: HostFile, opts: OpenOptions): Promise<Qcow
   await file.readFull(header.refcountTableOffset, reftable);
 
   const md = new Qcow2Metadata(file, header, l1);
-  md.installRefcounts(reftable, header.refcountTableOffset, header.refcountTableClusters, alignUp(fileSize, cs));
+  md.installRefcounts(
+    reftable,
+    header.refcountTableOffset,
+    header.refcountTableClusters,
+    alignUp(fileSize, cs),
+  );
   if (header.nbSnapshots > 0) {
     const bytes = Math.min(MAX_SNAPSHOT_TABLE_BYTES, fileSize - header.snapshotsOffset);
     const table = Buffer.alloc(bytes);
@@ -102,11 +111,15 @@ export async function openQcow2(file: HostFile, opts: OpenOptions): Promise<Qcow
 
 function validateCreate(opts: CreateOptions): { clusterBits: number; refcountOrder: number; version: 2 | 3 } {
   const size = opts.size;
-  if (!Number.isSafeInteger(size) || size < 0) throw invalidArgument("QCOW2_BAD_SIZE", "invalid virtual size");
+  if (!Number.isSafeInteger(size) || size < 0)
+    throw invalidArgument("QCOW2_BAD_SIZE", "invalid virtual size");
   const cs = opts.clusterSize ?? 65536;
   const clusterBits = Math.log2(cs);
   if (!Number.isInteger(clusterBits) || clusterBits < MIN_CLUSTER_BITS || clusterBits > MAX_CLUSTER_BITS) {
-    throw invalidArgument("QCOW2_BAD_CLUSTER_SIZE", "cluster size must be a power of two between 512 B and 2 MiB");
+    throw invalidArgument(
+      "QCOW2_BAD_CLUSTER_SIZE",
+      "cluster size must be a power of two between 512 B and 2 MiB",
+    );
   }
   const q = opts.qcow2 ?? {};
   const version = q.compat === "0.10" ? 2 : 3;
@@ -115,15 +128,23 @@ function validateCreate(opts: CreateOptions): { clusterBits: number; refcountOrd
   if (!Number.isInteger(refcountOrder) || refcountOrder < 0 || refcountOrder > 6) {
     throw invalidArgument("QCOW2_BAD_REFCOUNT_BITS", "refcount bits must be a power of two from 1 to 64");
   }
-  if (version === 2 && refcountBits !== 16) throw invalidArgument("QCOW2_BAD_REFCOUNT_BITS", "compat 0.10 needs 16-bit refcounts");
-  if (version === 2 && q.lazyRefcounts) throw invalidArgument("QCOW2_LAZY_NEEDS_V3", "lazy refcounts need compat 1.1");
+  if (version === 2 && refcountBits !== 16)
+    throw invalidArgument("QCOW2_BAD_REFCOUNT_BITS", "compat 0.10 needs 16-bit refcounts");
+  if (version === 2 && q.lazyRefcounts)
+    throw invalidArgument("QCOW2_LAZY_NEEDS_V3", "lazy refcounts need compat 1.1");
   if (q.extendedL2 && (version === 2 || clusterBits < 14)) {
-    throw invalidArgument("QCOW2_BAD_EXTENDED_L2", "extended L2 needs compat 1.1 and clusters of at least 16 KiB");
+    throw invalidArgument(
+      "QCOW2_BAD_EXTENDED_L2",
+      "extended L2 needs compat 1.1 and clusters of at least 16 KiB",
+    );
   }
   if (opts.prealloc !== "off" && opts.backing) {
     throw invalidArgument("QCOW2_PREALLOC_WITH_BACKING", "preallocation is not possible with a backing file");
   }
-  if (opts.preallocBytes !== undefined && (!Number.isSafeInteger(opts.preallocBytes) || opts.preallocBytes < 0)) {
+  if (
+    opts.preallocBytes !== undefined &&
+    (!Number.isSafeInteger(opts.preallocBytes) || opts.preallocBytes < 0)
+  ) {
     throw invalidArgument("QCOW2_BAD_SIZE", "invalid preallocation length");
   }
   if (opts.backing) {
@@ -189,12 +210,17 @@ export async function createQcow2(file: HostFile, opts: CreateOptions): Promise<
   const structure = Buffer.alloc((blocks + tableClusters) * cs);
   for (let c = 0; c < total; c++) {
     const b = Math.floor(c / layout.refcountsPerBlock);
-    setRefcountEntry(structure.subarray(b * cs, (b + 1) * cs), c % layout.refcountsPerBlock, layout.refcountBits, 1);
+    setRefcountEntry(
+      structure.subarray(b * cs, (b + 1) * cs),
+      c % layout.refcountsPerBlock,
+      layout.refcountBits,
+      1,
+    );
   }
   for (let i = 0; i < blocks; i++) {
     const { hi, lo } = splitNumber((1 + i) * cs);
-    structure.writeUInt32BE(hi, (blocks * cs) + i * 8);
-    structure.writeUInt32BE(lo, (blocks * cs) + i * 8 + 4);
+    structure.writeUInt32BE(hi, blocks * cs + i * 8);
+    structure.writeUInt32BE(lo, blocks * cs + i * 8 + 4);
   }
   header.refcountTableOffset = (1 + blocks) * cs;
   header.refcountTableClusters = tableClusters;

@@ -12,10 +12,14 @@ import { qcow2Driver } from "./index.js";
 
 export function requireQemu(): void {
   const r = spawnSync("qemu-img", ["--version"]);
-  if (r.status !== 0) throw new Error("qemu-img is not installed: the qcow2 oracle tests need it (apt-get install qemu-utils)");
+  if (r.status !== 0)
+    throw new Error("qemu-img is not installed: the qcow2 oracle tests need it (apt-get install qemu-utils)");
 }
 
-export function qemu(tool: "qemu-img" | "qemu-io", args: string[]): { code: number; stdout: string; stderr: string } {
+export function qemu(
+  tool: "qemu-img" | "qemu-io",
+  args: string[],
+): { code: number; stdout: string; stderr: string } {
   const r = spawnSync(tool, args, { encoding: "utf8", maxBuffer: 64 * 1024 * 1024 });
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
@@ -27,7 +31,10 @@ export function qemuOk(tool: "qemu-img" | "qemu-io", args: string[]): string {
 export async function createImage(path: string, opts: CreateOptions): Promise<BlockImage> {
   const file = await openHostFile(path, { readOnly: false, create: "truncate" });
   await qcow2Driver.create(file, opts);
-  return qcow2Driver.open(file, { readOnly: false, ...(opts.backing ? { backing: opts.backing.image } : {}) });
+  return qcow2Driver.open(file, {
+    readOnly: false,
+    ...(opts.backing ? { backing: opts.backing.image } : {}),
+  });
 }
 
 export async function openImage(path: string, readOnly: boolean, backing?: BlockImage): Promise<BlockImage> {
@@ -100,7 +107,8 @@ export async function runWorkload(img: BlockImage, shadow: Shadow, o: WorkloadOp
     if (kind < 0.6) {
       const data = Buffer.alloc(length);
       const seed = (rand() * 0xffffffff) >>> 0;
-      for (let k = 0; k + 4 <= length; k += 4) data.writeUInt32LE((seed ^ Math.imul(k + 1, 0x9e3779b1)) >>> 0, k);
+      for (let k = 0; k + 4 <= length; k += 4)
+        data.writeUInt32LE((seed ^ Math.imul(k + 1, 0x9e3779b1)) >>> 0, k);
       data.fill(0x5a, length - (length % 4));
       await img.write(offset, data);
       shadow.write(offset, data);
@@ -111,14 +119,23 @@ export async function runWorkload(img: BlockImage, shadow: Shadow, o: WorkloadOp
       await img.discard(offset, length);
       if (o.discardZeroes) {
         const first = Math.ceil(offset / cs) * cs;
-        const end = offset + length === size ? Math.ceil(size / cs) * cs : Math.floor((offset + length) / cs) * cs;
+        const end =
+          offset + length === size ? Math.ceil(size / cs) * cs : Math.floor((offset + length) / cs) * cs;
         if (end > first) shadow.zero(first, Math.min(end, size) - first);
       }
     }
   }
 }
 
-type MapEntry = { start: number; length: number; depth: number; present: boolean; zero: boolean; data: boolean; offset?: number };
+type MapEntry = {
+  start: number;
+  length: number;
+  depth: number;
+  present: boolean;
+  zero: boolean;
+  data: boolean;
+  offset?: number;
+};
 
 export function qemuMap(path: string): MapEntry[] {
   const raw = JSON.parse(qemuOk("qemu-img", ["map", "--output=json", "-f", "qcow2", path])) as MapEntry[];
@@ -126,7 +143,14 @@ export function qemuMap(path: string): MapEntry[] {
 }
 
 function normalize(e: MapEntry | Extent): MapEntry {
-  const out: MapEntry = { start: e.start, length: e.length, depth: e.depth, present: e.present, zero: e.zero, data: e.data };
+  const out: MapEntry = {
+    start: e.start,
+    length: e.length,
+    depth: e.depth,
+    present: e.present,
+    zero: e.zero,
+    data: e.data,
+  };
   if (e.offset !== undefined) out.offset = e.offset;
   return out;
 }

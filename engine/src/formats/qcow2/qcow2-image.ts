@@ -1,7 +1,15 @@
 import type { BackingLink, BlockImage, TruncateOptions } from "../../block-image.js";
 import { EngineError, throwIfAborted } from "../../errors.js";
 import type { HostFile } from "../../host/host-file.js";
-import type { CheckResult, FormatDetails, IoOptions, LayerStatus, Limits, RepairMode, ZeroOptions } from "../../types.js";
+import type {
+  CheckResult,
+  FormatDetails,
+  IoOptions,
+  LayerStatus,
+  Limits,
+  RepairMode,
+  ZeroOptions,
+} from "../../types.js";
 import { checkImage } from "./check.js";
 import {
   assertInImage,
@@ -72,7 +80,8 @@ export class Qcow2Image implements BlockImage {
 
   /** Runs `fn` under the image lock; corruption found on the way is recorded on disk. */
   private async locked<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.closed) throw new EngineError("FAILED_PRECONDITION", "qcow2: image is closed", { reason: "IMAGE_CLOSED" });
+    if (this.closed)
+      throw new EngineError("FAILED_PRECONDITION", "qcow2: image is closed", { reason: "IMAGE_CLOSED" });
     return this.lock.run(async () => {
       try {
         return await fn();
@@ -84,7 +93,8 @@ export class Qcow2Image implements BlockImage {
   }
 
   private assertWritable(): void {
-    if (this.readOnly) throw new EngineError("READ_ONLY", "qcow2: image is open read-only", { reason: "READ_ONLY" });
+    if (this.readOnly)
+      throw new EngineError("READ_ONLY", "qcow2: image is open read-only", { reason: "READ_ONLY" });
     this.md.assertWritable();
   }
 
@@ -116,7 +126,12 @@ export class Qcow2Image implements BlockImage {
           await this.readBacking(pos, part);
           break;
         case "compressed":
-          part.set((await this.inflate(m)).subarray(pos % this.md.clusterSize, (pos % this.md.clusterSize) + m.bytes));
+          part.set(
+            (await this.inflate(m)).subarray(
+              pos % this.md.clusterSize,
+              (pos % this.md.clusterSize) + m.bytes,
+            ),
+          );
           break;
       }
       done += m.bytes;
@@ -185,7 +200,8 @@ export class Qcow2Image implements BlockImage {
       if (needsData) {
         await this.writeZeroBuffers(offset, length);
       } else {
-        for (const [a, b] of partials) if (await this.anyNonZero([[a, b]])) await this.writeZeroBuffers(a, b - a);
+        for (const [a, b] of partials)
+          if (await this.anyNonZero([[a, b]])) await this.writeZeroBuffers(a, b - a);
         if (wholeEnd > first) {
           await zeroClusters(this.md, {
             offset: first,
@@ -208,7 +224,9 @@ export class Qcow2Image implements BlockImage {
       for (let pos = a; pos < b; ) {
         const m = await getHostOffset(this.md, pos, b - pos);
         const readsZero =
-          m.type === "zero-plain" || m.type === "zero-alloc" || (m.type === "unallocated" && this.backing === undefined);
+          m.type === "zero-plain" ||
+          m.type === "zero-alloc" ||
+          (m.type === "unallocated" && this.backing === undefined);
         if (!readsZero) return true;
         pos += m.bytes;
       }
@@ -233,7 +251,10 @@ export class Qcow2Image implements BlockImage {
       assertInImage(this.md, offset, length);
       const cs = this.md.clusterSize;
       const first = alignUp(offset, cs);
-      const end = offset + length === this.virtualSize ? alignUp(offset + length, cs) : Math.floor((offset + length) / cs) * cs;
+      const end =
+        offset + length === this.virtualSize
+          ? alignUp(offset + length, cs)
+          : Math.floor((offset + length) / cs) * cs;
       if (end <= first) return;
       const hasBacking = this.backing !== undefined || this.md.header.backingFile !== undefined;
       if (this.md.header.version === 2 && hasBacking) return; // v2 cannot hide the backing without data
@@ -275,14 +296,21 @@ export class Qcow2Image implements BlockImage {
 
   /** Like QEMU, a data run whose host range is a hole in the file also reads as zero. */
   private async normalRunStatus(m: HostMapping): Promise<LayerStatus> {
-    if (!this.file.capabilities.seekData) return { length: m.bytes, allocated: true, data: true, zero: false, hostOffset: m.hostOffset };
+    if (!this.file.capabilities.seekData)
+      return { length: m.bytes, allocated: true, data: true, zero: false, hostOffset: m.hostOffset };
     const dataAt = await this.file.seekData(m.hostOffset);
     if (dataAt === null || dataAt > m.hostOffset) {
       const length = dataAt === null ? m.bytes : Math.min(m.bytes, dataAt - m.hostOffset);
       return { length, allocated: true, data: true, zero: true, hostOffset: m.hostOffset };
     }
     const holeAt = await this.file.seekHole(m.hostOffset);
-    return { length: Math.min(m.bytes, holeAt - m.hostOffset), allocated: true, data: true, zero: false, hostOffset: m.hostOffset };
+    return {
+      length: Math.min(m.bytes, holeAt - m.hostOffset),
+      allocated: true,
+      data: true,
+      zero: false,
+      hostOffset: m.hostOffset,
+    };
   }
 
   truncate(newSize: number, opts: TruncateOptions): Promise<void> {
@@ -292,13 +320,19 @@ export class Qcow2Image implements BlockImage {
       if (!Number.isSafeInteger(newSize) || newSize < 0) {
         throw new EngineError("INVALID_ARGUMENT", "qcow2: invalid size", { reason: "QCOW2_BAD_SIZE" });
       }
-      if (this.md.header.nbSnapshots > 0) throw unsupported("QCOW2_RESIZE_WITH_SNAPSHOTS", "cannot resize an image with snapshots");
+      if (this.md.header.nbSnapshots > 0)
+        throw unsupported("QCOW2_RESIZE_WITH_SNAPSHOTS", "cannot resize an image with snapshots");
       const oldSize = this.virtualSize;
       if (newSize === oldSize) return;
       await this.md.markDirtyIfLazy();
       if (newSize < oldSize) {
-        if (opts.prealloc !== "off") throw unsupported("QCOW2_SHRINK_PREALLOC", "shrinking requires preallocation off");
-        await freeClustersFrom(this.md, alignUp(newSize, this.md.clusterSize), alignUp(oldSize, this.md.clusterSize));
+        if (opts.prealloc !== "off")
+          throw unsupported("QCOW2_SHRINK_PREALLOC", "shrinking requires preallocation off");
+        await freeClustersFrom(
+          this.md,
+          alignUp(newSize, this.md.clusterSize),
+          alignUp(oldSize, this.md.clusterSize),
+        );
         await this.md.flush();
         await this.md.writeSize(newSize);
         this.lastInflated = undefined;
@@ -307,19 +341,50 @@ export class Qcow2Image implements BlockImage {
       await this.growL1(l1EntriesFor(this.md.layout, newSize));
       // Bytes between the old end and its cluster boundary may hold stale data: they must read as zeros.
       const tailEnd = Math.min(newSize, alignUp(oldSize, this.md.clusterSize));
+      if (tailEnd > oldSize && (await this.anyNonZero([[oldSize, tailEnd]])))
+        await this.writeZeroBuffers(oldSize, tailEnd - oldSize);
+      await this.hideLongerBacking(tailEnd, newSize);
+      // The new area is zeroed before the header makes it visible.
       await this.md.flush();
       await this.md.writeSize(newSize);
-      if (tailEnd > oldSize && (await this.anyNonZero([[oldSize, tailEnd]]))) await this.writeZeroBuffers(oldSize, tailEnd - oldSize);
       await preallocateRange(this, oldSize, newSize, opts);
       await this.md.flush();
     });
+  }
+
+  /**
+   * A grown area must read as zeros even where a longer backing image has data (QEMU zero-writes the
+   * new area in that case): zero clusters on v3, zero data on v2.
+   */
+  private async hideLongerBacking(from: number, to: number): Promise<void> {
+    const end = Math.min(to, this.backing?.virtualSize ?? 0);
+    if (end <= from) return;
+    const cs = this.md.clusterSize;
+    if (this.md.header.version === 2) {
+      await this.writeZeroBuffers(from, end - from);
+      return;
+    }
+    const wholeEnd = end === to ? alignUp(end, cs) : Math.floor(end / cs) * cs;
+    if (wholeEnd > from) {
+      await zeroClusters(this.md, {
+        offset: from,
+        clusters: (wholeEnd - from) / cs,
+        unmap: true,
+        mode: "zero-flag",
+        hasBacking: true,
+      });
+    }
+    if (wholeEnd < end) await this.writeZeroBuffers(wholeEnd, end - wholeEnd);
   }
 
   /** Moves the L1 table to a larger one: new table written and synced before the header switches to it. */
   private async growL1(entries: number): Promise<void> {
     const md = this.md;
     if (entries <= md.header.l1Size) return;
-    if (entries * 8 > MAX_L1_BYTES) throw new EngineError("NO_SPACE", "qcow2: L1 table would exceed 32 MiB", { reason: "QCOW2_L1_TOO_LARGE" });
+    if (entries * 8 > MAX_L1_BYTES)
+      throw new EngineError("NO_SPACE", "qcow2: L1 table would exceed 32 MiB", {
+        reason: "QCOW2_L1_TOO_LARGE",
+      });
     const cs = md.clusterSize;
     const bytes = alignUp(entries * 8, cs);
     const offset = await md.refcounts.allocateFresh(bytes / cs);
@@ -370,7 +435,9 @@ export class Qcow2Image implements BlockImage {
     return this.locked(async () => {
       this.assertWritable();
       if (link && Buffer.byteLength(link.fileName, "utf8") > MAX_BACKING_NAME) {
-        throw new EngineError("INVALID_ARGUMENT", "qcow2: backing file name too long", { reason: "QCOW2_BACKING_NAME_TOO_LONG" });
+        throw new EngineError("INVALID_ARGUMENT", "qcow2: backing file name too long", {
+          reason: "QCOW2_BACKING_NAME_TOO_LONG",
+        });
       }
       await this.md.flush();
       const next = withBackingFormat({ ...this.md.header, backingFile: link?.fileName }, link?.format);

@@ -1,4 +1,4 @@
-import { readFileSync, mkdirSync, rmSync } from "node:fs";
+import { mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { BlockImage } from "../../block-image.js";
@@ -23,13 +23,14 @@ beforeAll(() => {
   mkdirSync(dir, { recursive: true });
 });
 afterAll(() => {
-  if (!process.env["KEEP_QCOW2_TEST_FILES"]) rmSync(dir, { recursive: true, force: true });
+  if (!process.env.KEEP_QCOW2_TEST_FILES) rmSync(dir, { recursive: true, force: true });
 });
 
 function qemuImage(name: string, size: number, options: string, ioCommands: string[] = []): string {
   const path = join(dir, `${name}.qcow2`);
   qemuOk("qemu-img", ["create", "-q", "-f", "qcow2", "-o", options, path, String(size)]);
-  if (ioCommands.length > 0) qemuOk("qemu-io", ["-f", "qcow2", ...ioCommands.flatMap((c) => ["-c", c]), path]);
+  if (ioCommands.length > 0)
+    qemuOk("qemu-io", ["-f", "qcow2", ...ioCommands.flatMap((c) => ["-c", c]), path]);
   return path;
 }
 
@@ -41,7 +42,8 @@ function rawOf(path: string, extra: string[] = []): Buffer {
 
 async function readAll(img: BlockImage): Promise<Buffer> {
   const out = Buffer.alloc(img.virtualSize);
-  for (let at = 0; at < out.length; at += 4 * MiB) await img.read(at, out.subarray(at, Math.min(out.length, at + 4 * MiB)));
+  for (let at = 0; at < out.length; at += 4 * MiB)
+    await img.read(at, out.subarray(at, Math.min(out.length, at + 4 * MiB)));
   return out;
 }
 
@@ -80,11 +82,16 @@ function ioPattern(cs: number, size: number): string[] {
 describe("qemu-made qcow2 images read identically", () => {
   const matrix: Array<[string, number, string]> = [];
   for (const compat of ["0.10", "1.1"]) {
-    for (const cs of [512, 4096, 65536, 2 * MiB]) matrix.push([`compat ${compat} cluster ${cs}`, cs, `compat=${compat},cluster_size=${cs}`]);
+    for (const cs of [512, 4096, 65536, 2 * MiB])
+      matrix.push([`compat ${compat} cluster ${cs}`, cs, `compat=${compat},cluster_size=${cs}`]);
   }
   for (const prealloc of ["metadata", "falloc", "full"]) {
     matrix.push([`compat 1.1 preallocation ${prealloc}`, 65536, `preallocation=${prealloc}`]);
-    matrix.push([`compat 0.10 preallocation ${prealloc}`, 4096, `compat=0.10,cluster_size=4096,preallocation=${prealloc}`]);
+    matrix.push([
+      `compat 0.10 preallocation ${prealloc}`,
+      4096,
+      `compat=0.10,cluster_size=4096,preallocation=${prealloc}`,
+    ]);
   }
   matrix.push(["extended L2", 65536, "extended_l2=on"]);
   matrix.push(["extended L2, 2M clusters", 2 * MiB, "extended_l2=on,cluster_size=2M"]);
@@ -107,7 +114,18 @@ describe("qemu-made qcow2 images read identically", () => {
     ]);
     for (const cs of [512, 4096, 65536]) {
       const path = join(dir, `compressed-${cs}.qcow2`);
-      qemuOk("qemu-img", ["convert", "-c", "-f", "qcow2", "-O", "qcow2", "-o", `cluster_size=${cs}`, src, path]);
+      qemuOk("qemu-img", [
+        "convert",
+        "-c",
+        "-f",
+        "qcow2",
+        "-O",
+        "qcow2",
+        "-o",
+        `cluster_size=${cs}`,
+        src,
+        path,
+      ]);
       await expectReadsLikeQemu(path);
       // Overwriting part of a compressed cluster allocates a normal cluster; the image stays clean.
       const img = await openImage(path, false);
@@ -133,7 +151,17 @@ describe("qemu-made qcow2 images read identically", () => {
     const base = qemuImage("qchain-base", 8 * MiB, "cluster_size=4096", ["write -P 0x10 0 8M"]);
     const top = join(dir, "qchain-top.qcow2");
     qemuOk("qemu-img", ["create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top]);
-    qemuOk("qemu-io", ["-f", "qcow2", "-c", "write -P 0x20 100000 5000", "-c", "write -z 2M 1M", "-c", "discard 5M 1M", top]);
+    qemuOk("qemu-io", [
+      "-f",
+      "qcow2",
+      "-c",
+      "write -P 0x20 100000 5000",
+      "-c",
+      "write -z 2M 1M",
+      "-c",
+      "discard 5M 1M",
+      top,
+    ]);
     const expected = rawOf(top);
     const b = await openImage(base, true);
     const t = await openImage(top, true, b);
@@ -153,7 +181,13 @@ describe("qemu-made qcow2 images read identically", () => {
     shadow.write(0, rawOf(path));
     const img = await openImage(path, false);
     expect(img.details().qcow2?.snapshots).toBe(1);
-    await runWorkload(img, shadow, { seed: 3, ops: 30, clusterSize: 65536, l2Coverage: makeLayout(16, 4, false).l2Coverage, discardZeroes: true });
+    await runWorkload(img, shadow, {
+      seed: 3,
+      ops: 30,
+      clusterSize: 65536,
+      l2Coverage: makeLayout(16, 4, false).l2Coverage,
+      discardZeroes: true,
+    });
     await img.close();
     shadow.close();
     expectQemuClean(path);
@@ -162,11 +196,20 @@ describe("qemu-made qcow2 images read identically", () => {
   });
 
   it("extended L2 images accept writes", async () => {
-    const path = qemuImage("extl2-write", 8 * MiB, "extended_l2=on", ["write -P 0x41 3000 5000", "write -z 100000 30000"]);
+    const path = qemuImage("extl2-write", 8 * MiB, "extended_l2=on", [
+      "write -P 0x41 3000 5000",
+      "write -z 100000 30000",
+    ]);
     const shadow = new Shadow(`${path}.shadow`, 8 * MiB);
     shadow.write(0, rawOf(path));
     const img = await openImage(path, false);
-    await runWorkload(img, shadow, { seed: 11, ops: 30, clusterSize: 65536, l2Coverage: 65536 * 4096, discardZeroes: true });
+    await runWorkload(img, shadow, {
+      seed: 11,
+      ops: 30,
+      clusterSize: 65536,
+      l2Coverage: 65536 * 4096,
+      discardZeroes: true,
+    });
     await img.close();
     shadow.close();
     expectQemuClean(path);
@@ -175,9 +218,21 @@ describe("qemu-made qcow2 images read identically", () => {
 
   it("dirty lazy-refcount image left by a killed qemu-io is repaired on read-write open", async () => {
     const path = qemuImage("dirty", 8 * MiB, "lazy_refcounts=on,cluster_size=4096");
-    const r = qemu("qemu-io", ["-f", "qcow2", "-c", "write -P 0x5a 0 2M", "-c", "write -P 0x5b 3M 100000", "-c", "sigraise 9", path]);
+    const r = qemu("qemu-io", [
+      "-f",
+      "qcow2",
+      "-c",
+      "write -P 0x5a 0 2M",
+      "-c",
+      "write -P 0x5b 3M 100000",
+      "-c",
+      "sigraise 9",
+      path,
+    ]);
     expect(r.code).not.toBe(0);
-    const info = JSON.parse(qemuOk("qemu-img", ["info", "--output=json", "-U", path])) as { "dirty-flag": boolean };
+    const info = JSON.parse(qemuOk("qemu-img", ["info", "--output=json", "-U", path])) as {
+      "dirty-flag": boolean;
+    };
     expect(info["dirty-flag"]).toBe(true);
     const expected = rawOf(path);
     const ro = await openImage(path, true);

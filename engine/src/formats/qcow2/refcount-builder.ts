@@ -22,7 +22,11 @@ export interface RefcountStructure {
  * right after them. The sizes are found by fixpoint, because the structure must count itself (QEMU's
  * rebuild_refcount_structure and qcow2_create2 solve the same problem).
  */
-export function buildRefcountStructure(layout: Layout, startCluster: number, countOf: (cluster: number) => number): RefcountStructure {
+export function buildRefcountStructure(
+  layout: Layout,
+  startCluster: number,
+  countOf: (cluster: number) => number,
+): RefcountStructure {
   const cs = layout.clusterSize;
   const perBlock = layout.refcountsPerBlock;
   let blockCount = 1;
@@ -36,7 +40,9 @@ export function buildRefcountStructure(layout: Layout, startCluster: number, cou
     tableClusters = Math.max(tableClusters, nextTable);
   }
   if (tableClusters * cs > MAX_REFTABLE_BYTES) {
-    throw new EngineError("NO_SPACE", "qcow2: refcount table would exceed 8 MiB", { reason: "QCOW2_REFTABLE_TOO_LARGE" });
+    throw new EngineError("NO_SPACE", "qcow2: refcount table would exceed 8 MiB", {
+      reason: "QCOW2_REFTABLE_TOO_LARGE",
+    });
   }
   const totalClusters = startCluster + blockCount + tableClusters;
   const bytes = Buffer.alloc((blockCount + tableClusters) * cs);
@@ -45,9 +51,13 @@ export function buildRefcountStructure(layout: Layout, startCluster: number, cou
     const count = c < startCluster ? countOf(c) : 1;
     if (count === 0) continue;
     if (count > max) {
-      throw new EngineError("UNSUPPORTED", `qcow2: ${count} references do not fit ${layout.refcountBits}-bit refcounts`, {
-        reason: "QCOW2_REFCOUNT_OVERFLOW",
-      });
+      throw new EngineError(
+        "UNSUPPORTED",
+        `qcow2: ${count} references do not fit ${layout.refcountBits}-bit refcounts`,
+        {
+          reason: "QCOW2_REFCOUNT_OVERFLOW",
+        },
+      );
     }
     const block = Math.floor(c / perBlock);
     setRefcountEntry(bytes.subarray(block * cs, (block + 1) * cs), c % perBlock, layout.refcountBits, count);

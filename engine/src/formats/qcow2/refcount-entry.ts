@@ -26,7 +26,8 @@ export function getRefcountEntry(block: Uint8Array, index: number, bits: number)
       return new DataView(block.buffer, block.byteOffset, block.byteLength).getUint32(index * 4);
     case 64: {
       const v = new DataView(block.buffer, block.byteOffset, block.byteLength).getBigUint64(index * 8);
-      if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw corrupt("QCOW2_REFCOUNT_OUT_OF_RANGE", "refcount above 2^53");
+      if (v > BigInt(Number.MAX_SAFE_INTEGER))
+        throw corrupt("QCOW2_REFCOUNT_OUT_OF_RANGE", "refcount above 2^53");
       return Number(v);
     }
     default:

@@ -44,7 +44,11 @@ export class RefcountManager {
   ) {
     this.table = table;
     this.tableView = new DataView(table.buffer, table.byteOffset, table.byteLength);
-    this.blocks = new MetadataCache(file, layout.clusterSize, Math.max(16, Math.floor(cacheBytes / layout.clusterSize)));
+    this.blocks = new MetadataCache(
+      file,
+      layout.clusterSize,
+      Math.max(16, Math.floor(cacheBytes / layout.clusterSize)),
+    );
     this.allocEnd = alignUp(allocEnd, layout.clusterSize);
     this.bits = layout.refcountBits;
   }
@@ -58,7 +62,8 @@ export class RefcountManager {
     if (i >= this.tableEntries) return 0;
     const hi = this.tableView.getUint32(i * 8);
     const lo = this.tableView.getUint32(i * 8 + 4);
-    if ((lo & 0x1ff) !== 0) throw corrupt("QCOW2_REFBLOCK_UNALIGNED", `refblock offset unaligned (reftable index ${i})`);
+    if ((lo & 0x1ff) !== 0)
+      throw corrupt("QCOW2_REFBLOCK_UNALIGNED", `refblock offset unaligned (reftable index ${i})`);
     const offset = joinU64(hi, lo);
     if (offset > MAX_HOST_OFFSET || offset % this.layout.clusterSize !== 0) {
       throw corrupt("QCOW2_REFBLOCK_UNALIGNED", `refblock offset unaligned (reftable index ${i})`);
@@ -97,7 +102,8 @@ export class RefcountManager {
     if (!block) block = await this.createBlock(tableIndex);
     const before = getRefcountEntry(block, blockIndex, this.bits);
     const after = before + delta;
-    if (after < 0) throw corrupt("QCOW2_REFCOUNT_UNDERFLOW", `refcount of cluster at ${hostOffset} would drop below 0`);
+    if (after < 0)
+      throw corrupt("QCOW2_REFCOUNT_UNDERFLOW", `refcount of cluster at ${hostOffset} would drop below 0`);
     if (after > maxRefcount(this.bits)) {
       throw new EngineError("UNSUPPORTED", `qcow2: refcount overflow (${this.bits}-bit refcounts)`, {
         reason: "QCOW2_REFCOUNT_OVERFLOW",
@@ -137,7 +143,9 @@ export class RefcountManager {
     }
     const tableBytes = alignUp(entries * 8, cs);
     if (tableBytes > MAX_REFTABLE_BYTES) {
-      throw new EngineError("NO_SPACE", "qcow2: refcount table would exceed 8 MiB", { reason: "QCOW2_REFTABLE_TOO_LARGE" });
+      throw new EngineError("NO_SPACE", "qcow2: refcount table would exceed 8 MiB", {
+        reason: "QCOW2_REFTABLE_TOO_LARGE",
+      });
     }
     const newTable = Buffer.alloc(tableBytes);
     newTable.set(this.table);
@@ -165,10 +173,8 @@ export class RefcountManager {
    * runs come from the end of the allocated area.
    */
   async allocate(count: number): Promise<number> {
-    const cs = this.layout.clusterSize;
     if (count === 1) {
-      while (this.reusable.length > 0) {
-        const offset = this.reusable.pop()!;
+      for (let offset = this.reusable.pop(); offset !== undefined; offset = this.reusable.pop()) {
         if ((await this.get(offset)) === 0) {
           await this.update(offset, 1);
           return offset;
@@ -185,7 +191,9 @@ export class RefcountManager {
     for (;;) {
       const offset = this.allocEnd;
       if (offset + count * cs > MAX_HOST_OFFSET) {
-        throw new EngineError("NO_SPACE", "qcow2: host offsets exhausted", { reason: "QCOW2_FILE_TOO_LARGE" });
+        throw new EngineError("NO_SPACE", "qcow2: host offsets exhausted", {
+          reason: "QCOW2_FILE_TOO_LARGE",
+        });
       }
       this.allocEnd += count * cs;
       let taken = 0;

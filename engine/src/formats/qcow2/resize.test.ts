@@ -16,7 +16,10 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 function expectQemuClean(path: string, size: number): void {
   const r = qemu("qemu-img", ["check", "-f", "qcow2", path]);
   expect(`${r.code} ${r.stdout}${r.stderr}`).toMatch(/^0 No errors were found/);
-  const info = JSON.parse(qemuOk("qemu-img", ["info", "--output=json", "-f", "qcow2", path])) as Record<string, number>;
+  const info = JSON.parse(qemuOk("qemu-img", ["info", "--output=json", "-f", "qcow2", path])) as Record<
+    string,
+    number
+  >;
   expect(info["virtual-size"]).toBe(size);
 }
 
@@ -33,7 +36,12 @@ describe("qcow2 resize", () => {
   ] as const) {
     it(`grows a 1 GiB image with ${clusterSize}-byte clusters to ${grown / GiB} GiB (L1 growth) and shrinks it back`, async () => {
       const path = join(dir, `resize-${clusterSize}.qcow2`);
-      const img = await createImage(path, { size: GiB, prealloc: "off", clusterSize, qcow2: { compat: "1.1" } });
+      const img = await createImage(path, {
+        size: GiB,
+        prealloc: "off",
+        clusterSize,
+        qcow2: { compat: "1.1" },
+      });
       await img.write(GiB - 5000, Buffer.alloc(5000, 0x61)); // partial last cluster: its tail must read zero later
       await img.write(1000, Buffer.alloc(70000, 0x62));
       await img.truncate(grown, { prealloc: "off" });
@@ -52,7 +60,7 @@ describe("qcow2 resize", () => {
       qemuRead(path, 1000, 70000, 0x62);
       qemuRead(path, GiB - 5000, 5000, 0x61);
       const leftovers = qemu("qemu-img", ["check", "--output=json", "-f", "qcow2", path]);
-      expect(JSON.parse(leftovers.stdout)["leaks"] ?? 0).toBe(0);
+      expect(JSON.parse(leftovers.stdout).leaks ?? 0).toBe(0);
     });
   }
 

@@ -28,17 +28,22 @@ export function parseSnapshotTable(
   const entries: SnapshotEntry[] = [];
   let at = 0;
   for (let i = 0; i < count; i++) {
-    if (at + 40 > table.length) throw corrupt("QCOW2_SNAPSHOT_TABLE_TOO_BIG", "snapshot table is too big or truncated");
+    if (at + 40 > table.length)
+      throw corrupt("QCOW2_SNAPSHOT_TABLE_TOO_BIG", "snapshot table is too big or truncated");
     const l1High = readU64(table, at);
     const l1Size = readU32(table, at + 8);
     const idSize = readU16(table, at + 12);
     const nameSize = readU16(table, at + 14);
     const extraSize = readU32(table, at + 36);
-    if (extraSize > MAX_SNAPSHOT_EXTRA_DATA) throw corrupt("QCOW2_SNAPSHOT_EXTRA_DATA", "too much extra metadata in snapshot");
-    if (version === 3 && extraSize < 16) throw corrupt("QCOW2_SNAPSHOT_EXTRA_DATA", "snapshot extra data too short for v3");
+    if (extraSize > MAX_SNAPSHOT_EXTRA_DATA)
+      throw corrupt("QCOW2_SNAPSHOT_EXTRA_DATA", "too much extra metadata in snapshot");
+    if (version === 3 && extraSize < 16)
+      throw corrupt("QCOW2_SNAPSHOT_EXTRA_DATA", "snapshot extra data too short for v3");
     const end = at + 40 + extraSize + idSize + nameSize;
-    if (end > table.length) throw corrupt("QCOW2_SNAPSHOT_TABLE_TOO_BIG", "snapshot table is too big or truncated");
-    if (l1High > BigInt(Number.MAX_SAFE_INTEGER)) throw corrupt("QCOW2_SNAPSHOT_L1_INVALID", "snapshot L1 offset out of range");
+    if (end > table.length)
+      throw corrupt("QCOW2_SNAPSHOT_TABLE_TOO_BIG", "snapshot table is too big or truncated");
+    if (l1High > BigInt(Number.MAX_SAFE_INTEGER))
+      throw corrupt("QCOW2_SNAPSHOT_L1_INVALID", "snapshot L1 offset out of range");
     const l1TableOffset = Number(l1High);
     if (l1Size > MAX_L1_BYTES / 8) throw corrupt("QCOW2_SNAPSHOT_L1_INVALID", "snapshot L1 table too large");
     if (l1TableOffset % clusterSize !== 0 || (l1Size > 0 && l1TableOffset + l1Size * 8 > fileSize)) {

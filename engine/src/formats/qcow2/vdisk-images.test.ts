@@ -4,7 +4,17 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { BlockImage, CreateOptions } from "../../block-image.js";
 import type { PreallocMode } from "../../types.js";
 import { makeLayout } from "./layout.js";
-import { createImage, openImage, qemu, qemuMap, qemuOk, requireQemu, runWorkload, Shadow, vdiskMap } from "./oracle-support.js";
+import {
+  createImage,
+  openImage,
+  qemu,
+  qemuMap,
+  qemuOk,
+  requireQemu,
+  runWorkload,
+  Shadow,
+  vdiskMap,
+} from "./oracle-support.js";
 
 const dir = join("/tmp", `vdisk-qcow2-created-${process.pid}`);
 
@@ -12,7 +22,9 @@ beforeAll(() => {
   requireQemu();
   mkdirSync(dir, { recursive: true });
 });
-afterAll(() => { if (!process.env["KEEP_QCOW2_TEST_FILES"]) rmSync(dir, { recursive: true, force: true }); });
+afterAll(() => {
+  if (!process.env.KEEP_QCOW2_TEST_FILES) rmSync(dir, { recursive: true, force: true });
+});
 
 interface Config {
   name: string;
@@ -40,7 +52,14 @@ const configs: Config[] = [
   { name: "v3 full", size: 32 * MiB, clusterSize: 65536, compat: "1.1", prealloc: "full" },
   { name: "v2 metadata 4K", size: 16 * MiB, clusterSize: 4096, compat: "0.10", prealloc: "metadata" },
   { name: "v2 full 512B", size: 2 * MiB, clusterSize: 512, compat: "0.10", prealloc: "full" },
-  { name: "v3 metadata prefix", size: 64 * MiB, clusterSize: 65536, compat: "1.1", prealloc: "metadata", preallocBytes: 5 * MiB + 3 },
+  {
+    name: "v3 metadata prefix",
+    size: 64 * MiB,
+    clusterSize: 65536,
+    compat: "1.1",
+    prealloc: "metadata",
+    preallocBytes: 5 * MiB + 3,
+  },
 ];
 
 function createOptions(c: Config, backing?: CreateOptions["backing"]): CreateOptions {
@@ -49,7 +68,11 @@ function createOptions(c: Config, backing?: CreateOptions["backing"]): CreateOpt
     prealloc: c.prealloc ?? "off",
     clusterSize: c.clusterSize,
     ...(c.preallocBytes !== undefined ? { preallocBytes: c.preallocBytes } : {}),
-    qcow2: { compat: c.compat, ...(c.refcountBits ? { refcountBits: c.refcountBits } : {}), lazyRefcounts: c.lazy === true },
+    qcow2: {
+      compat: c.compat,
+      ...(c.refcountBits ? { refcountBits: c.refcountBits } : {}),
+      lazyRefcounts: c.lazy === true,
+    },
     ...(backing ? { backing } : {}),
   };
 }
@@ -57,7 +80,12 @@ function createOptions(c: Config, backing?: CreateOptions["backing"]): CreateOpt
 function expectQemuClean(path: string): void {
   const r = qemu("qemu-img", ["check", "-f", "qcow2", "--output=json", path]);
   const report = JSON.parse(r.stdout || "{}") as Record<string, unknown>;
-  expect({ code: r.code, corruptions: report["corruptions"] ?? 0, leaks: report["leaks"] ?? 0, stderr: r.stderr }).toEqual({
+  expect({
+    code: r.code,
+    corruptions: report.corruptions ?? 0,
+    leaks: report.leaks ?? 0,
+    stderr: r.stderr,
+  }).toEqual({
     code: 0,
     corruptions: 0,
     leaks: 0,
@@ -92,11 +120,14 @@ describe("vdisk-created qcow2 images pass qemu-img", () => {
       shadow.close();
 
       expectQemuClean(path);
-      const info = JSON.parse(qemuOk("qemu-img", ["info", "--output=json", "-f", "qcow2", path])) as Record<string, unknown>;
+      const info = JSON.parse(qemuOk("qemu-img", ["info", "--output=json", "-f", "qcow2", path])) as Record<
+        string,
+        unknown
+      >;
       expect(info["virtual-size"]).toBe(c.size);
       expect(info["cluster-size"]).toBe(c.clusterSize);
       const specific = (info["format-specific"] as { data: Record<string, unknown> }).data;
-      expect(specific["compat"]).toBe(c.compat);
+      expect(specific.compat).toBe(c.compat);
       if (c.compat === "1.1") {
         expect(specific["refcount-bits"]).toBe(c.refcountBits ?? 16);
         expect(specific["lazy-refcounts"]).toBe(c.lazy === true);
@@ -116,9 +147,17 @@ describe("vdisk-created qcow2 images pass qemu-img", () => {
       const chain: BlockImage[] = [];
       for (let depth = 0; depth < 3; depth++) {
         const below = chain[depth - 1];
-        const c: Config = { name: "", size: depth === 2 ? size + 3 * cs : size - depth * 1000 * 0, clusterSize: cs, compat };
-        const backing = below ? { image: below, link: { fileName: names[depth - 1]!.split("/").pop()!, format: "qcow2" as const } } : undefined;
-        const img = await createImage(names[depth]!, createOptions({ ...c, size: depth === 1 ? size - 2 * cs : size }, backing));
+        // The middle layer is two clusters shorter: the top reads zeros there, not the base's data.
+        const layerSize = depth === 1 ? size - 2 * cs : size;
+        const link = {
+          fileName: `chain-${compat}-${["base", "mid"][depth - 1]}.qcow2`,
+          format: "qcow2" as const,
+        };
+        const backing = below ? { image: below, link } : undefined;
+        const img = await createImage(
+          names[depth]!,
+          createOptions({ name: "", size: layerSize, clusterSize: cs, compat }, backing),
+        );
         chain.push(img);
         await runWorkload(img, shadow, {
           seed: 7 + depth,
@@ -132,8 +171,10 @@ describe("vdisk-created qcow2 images pass qemu-img", () => {
       for (const img of chain.reverse()) await img.close();
       shadow.close();
       for (const n of names) expectQemuClean(n);
-      const info = JSON.parse(qemuOk("qemu-img", ["info", "--output=json", "-f", "qcow2", names[2]!])) as Record<string, unknown>;
-      expect(info["backing-filename"]).toBe("chain-" + compat + "-mid.qcow2");
+      const info = JSON.parse(
+        qemuOk("qemu-img", ["info", "--output=json", "-f", "qcow2", names[2]!]),
+      ) as Record<string, unknown>;
+      expect(info["backing-filename"]).toBe(`chain-${compat}-mid.qcow2`);
       expect(info["backing-filename-format"]).toBe("qcow2");
       expect(qemu("qemu-img", ["compare", "-f", "qcow2", "-F", "raw", names[2]!, shadow.path]).code).toBe(0);
       await expectMapsEqual(names[2]!, async () => {
