@@ -75,18 +75,16 @@ export class MetadataCache {
   async writeDirty(): Promise<boolean> {
     const dirty = [...this.entries.entries()].filter(([, e]) => e.dirty).sort((a, b) => a[0] - b[0]);
     if (dirty.length === 0) return false;
-    let i = 0;
-    while (i < dirty.length) {
-      const start = dirty[i]![0];
-      const buffers: Buffer[] = [];
-      let next = start;
-      while (i < dirty.length && dirty[i]![0] === next) {
-        buffers.push(dirty[i]![1].data);
-        next += this.tableBytes;
-        i++;
+    let group: { start: number; buffers: Buffer[] } | undefined;
+    for (const [offset, entry] of dirty) {
+      if (group && offset === group.start + group.buffers.length * this.tableBytes) {
+        group.buffers.push(entry.data);
+        continue;
       }
-      await this.file.writev(start, buffers);
+      if (group) await this.file.writev(group.start, group.buffers);
+      group = { start: offset, buffers: [entry.data] };
     }
+    if (group) await this.file.writev(group.start, group.buffers);
     for (const [, e] of dirty) e.dirty = false;
     return true;
   }

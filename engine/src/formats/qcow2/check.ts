@@ -128,7 +128,7 @@ async function census(md: Qcow2Metadata, signal?: AbortSignal): Promise<Census> 
       note(c, `ERROR ${what} at ${offset} is outside the image`);
       return false;
     }
-    for (let k = firstCluster; k <= lastCluster; k++) into[k]! += times;
+    for (let k = firstCluster; k <= lastCluster; k++) into[k] = (into[k] ?? 0) + times;
     return true;
   };
   const h = md.header;
@@ -207,10 +207,10 @@ async function walkL1(
         );
         continue;
       }
-      if (e.type === "compressed") {
+      if (e.compressed) {
         if (active) c.compressedClusters++;
         if (active) c.allocatedClusters++;
-        add("compressed cluster", e.compressedOffset!, e.compressedLength!, c.refs, times);
+        add("compressed cluster", e.compressed.offset, e.compressed.length, c.refs, times);
         continue;
       }
       if (e.type === "normal" && active) {
@@ -273,7 +273,7 @@ async function compareRefcounts(
     const base = blockIndex * layout.refcountsPerBlock;
     const end = Math.min(base + layout.refcountsPerBlock, clusters);
     for (let k = base; k < end; k++) {
-      const refs = c.refs[k]! + c.structureRefs[k]!;
+      const refs = (c.refs[k] ?? 0) + (c.structureRefs[k] ?? 0);
       const stored = block && !blockBroken ? getRefcountEntry(block, k - base, layout.refcountBits) : 0;
       if (refs > 0 || stored > 0) lastUsed = k;
       if (stored === refs) continue;
@@ -305,7 +305,7 @@ async function rebuildRefcounts(md: Qcow2Metadata, c: Census): Promise<void> {
   let end = c.refs.length;
   while (end > 0 && c.refs[end - 1] === 0) end--;
   const start = Math.max(end, Math.ceil((await md.file.size()) / cs));
-  const s = buildRefcountStructure(md.layout, start, (k) => (k < c.refs.length ? c.refs[k]! : 0));
+  const s = buildRefcountStructure(md.layout, start, (k) => c.refs[k] ?? 0);
   await md.file.write(start * cs, s.bytes);
   md.noteWrite();
   await md.barrier();

@@ -1,6 +1,12 @@
 import { EngineError } from "../../errors.js";
 import { corrupt } from "./errors.js";
-import { type ClassifiedEntry, type ClusterType, classifyL2Entry, encodeStandardEntry } from "./l2-entry.js";
+import {
+  type ClassifiedEntry,
+  type ClusterType,
+  type CompressedExtent,
+  classifyL2Entry,
+  encodeStandardEntry,
+} from "./l2-entry.js";
 import { l1IndexOf, l2IndexOf } from "./layout.js";
 import type { Qcow2Metadata } from "./metadata.js";
 
@@ -11,8 +17,7 @@ export interface HostMapping {
   bytes: number;
   /** Host offset of the queried byte for normal / zero-alloc / unallocated-alloc runs, else 0. */
   hostOffset: number;
-  compressedOffset?: number;
-  compressedLength?: number;
+  compressed?: CompressedExtent;
 }
 
 const FULL_MASK = 0xffff_ffff;
@@ -59,9 +64,9 @@ function classifyAt(md: Qcow2Metadata, table: Buffer, index: number, subcluster:
   if (e.hostOffset !== 0 && e.hostOffset < md.clusterSize) {
     throw corrupt("QCOW2_CLUSTER_OVERLAPS_METADATA", "data cluster overlaps the image header");
   }
-  if (e.type === "compressed") {
-    const end = (e.compressedOffset ?? 0) + (e.compressedLength ?? 0);
-    if ((e.compressedOffset ?? 0) < md.clusterSize || end > md.refcounts.allocEnd + md.clusterSize) {
+  if (e.compressed) {
+    const end = e.compressed.offset + e.compressed.length;
+    if (e.compressed.offset < md.clusterSize || end > md.refcounts.allocEnd + md.clusterSize) {
       throw corrupt(
         "QCOW2_COMPRESSED_OUT_OF_RANGE",
         "compressed cluster descriptor points outside the image",
@@ -111,13 +116,12 @@ export async function getHostOffset(
   let sc = Math.floor((offset % layout.clusterSize) / g);
   const first = classifyAt(md, table, index, sc);
   const inUnit = offset % g;
-  if (first.type === "compressed") {
+  if (first.compressed) {
     return {
       type: "compressed",
       bytes: Math.min(maxBytes, layout.clusterSize - (offset % layout.clusterSize)),
       hostOffset: 0,
-      compressedOffset: first.compressedOffset!,
-      compressedLength: first.compressedLength!,
+      compressed: first.compressed,
     };
   }
   const hostBacked = first.hostOffset !== 0;
@@ -169,10 +173,10 @@ export async function getL2ForWrite(
 
 /** Drops this layer's reference to the host storage of an entry (deferred until the new entry is durable). */
 function releaseHost(md: Qcow2Metadata, e: ClassifiedEntry): void {
-  if (e.type === "compressed") {
+  if (e.compressed) {
     const cs = md.clusterSize;
-    const first = Math.floor(e.compressedOffset! / cs) * cs;
-    const last = Math.floor((e.compressedOffset! + e.compressedLength! - 1) / cs) * cs;
+    const first = Math.floor(e.compressed.offset / cs) * cs;
+    const last = Math.floor((e.compressed.offset + e.compressed.length - 1) / cs) * cs;
     for (let at = first; at <= last; at += cs) md.refcounts.free(at);
   } else if (e.hostOffset !== 0) {
     md.refcounts.free(e.hostOffset);
@@ -211,10 +215,8 @@ interface ClusterPlan {
   old: ClassifiedEntry;
   /** Host cluster receiving the data; undefined until allocated. */
   dest: number | undefined;
-  /** Full new cluster contents (COW), or undefined when the data is written in place. */
-  full: Buffer | undefined;
-  /** Slice of the caller's data and where it lands inside the cluster (in-place writes). */
-  data: Uint8Array;
+  /** What gets written: the whole new cluster (COW), or the caller's slice (in place, at `within`). */
+  piece: Uint8Array;
   within: number;
   inPlace: boolean;
 }
@@ -261,55 +263,60 @@ export async function writeClusters(
       } else {
         dest = e.hostOffset;
       }
-      plans.push({ table, tableOffset, index, old: e, dest, full, data: slice, within, inPlace });
+      plans.push({ table, tableOffset, index, old: e, dest, piece: full ?? slice, within, inPlace });
       pos += n;
     }
   }
 
   // Allocate each run of clusters that needs new storage in one contiguous piece.
-  for (let i = 0; i < plans.length; ) {
-    if (plans[i]!.dest !== undefined) {
-      i++;
+  const placed: Array<{ plan: ClusterPlan; cluster: number; host: number }> = [];
+  const place = (plan: ClusterPlan, cluster: number) =>
+    placed.push({ plan, cluster, host: cluster + (plan.inPlace ? plan.within : 0) });
+  let run: ClusterPlan[] = [];
+  const allocateRun = async () => {
+    if (run.length === 0) return;
+    const base = await md.refcounts.allocate(run.length);
+    run.forEach((plan, k) => place(plan, base + k * cs));
+    run = [];
+  };
+  for (const plan of plans) {
+    if (plan.dest === undefined) {
+      run.push(plan);
       continue;
     }
-    let j = i;
-    while (j < plans.length && plans[j]!.dest === undefined) j++;
-    const base = await md.refcounts.allocate(j - i);
-    for (let k = i; k < j; k++) plans[k]!.dest = base + (k - i) * cs;
-    i = j;
+    await allocateRun();
+    place(plan, plan.dest);
   }
+  await allocateRun();
 
-  // Write host-contiguous pieces as single requests.
-  for (let i = 0; i < plans.length; ) {
-    const startHost = plans[i]!.dest! + (plans[i]!.inPlace ? plans[i]!.within : 0);
-    const buffers: Uint8Array[] = [];
-    let next = startHost;
-    let j = i;
-    while (j < plans.length) {
-      const p = plans[j]!;
-      const host = p.dest! + (p.inPlace ? p.within : 0);
-      if (host !== next) break;
-      const piece = p.inPlace ? p.data : p.full!;
-      buffers.push(piece);
-      next += piece.length;
-      j++;
-      // An in-place piece that stops short of its cluster end cannot be followed contiguously.
-      if (p.inPlace && p.within + p.data.length < cs) break;
-    }
-    await assertNoMetadataOverlap(md, startHost, next - startHost);
-    await md.file.writev(startHost, buffers);
+  // Write host-contiguous pieces as single requests (a short in-place piece never has a successor).
+  let group: { start: number; end: number; buffers: Uint8Array[] } | undefined;
+  const writeGroup = async () => {
+    if (!group) return;
+    await assertNoMetadataOverlap(md, group.start, group.end - group.start);
+    await md.file.writev(group.start, group.buffers);
     md.noteWrite();
-    i = j;
+    group = undefined;
+  };
+  for (const { plan, host } of placed) {
+    if (group && host === group.end) {
+      group.buffers.push(plan.piece);
+      group.end += plan.piece.length;
+      continue;
+    }
+    await writeGroup();
+    group = { start: host, end: host + plan.piece.length, buffers: [plan.piece] };
   }
+  await writeGroup();
 
   // Now point the L2 entries at the data (coalesced: all changes land in cached tables).
-  for (const p of plans) {
-    if (p.inPlace) continue;
-    const { hi, lo } = encodeStandardEntry(p.dest!, false, true);
-    writeL2Raw(md, p.table, p.index, hi, lo, md.ctx.extendedL2 ? FULL_MASK : 0, 0);
-    md.l2.markDirty(p.tableOffset);
-    if (p.old.type === "compressed" || (p.old.hostOffset !== 0 && p.old.hostOffset !== p.dest))
-      releaseHost(md, p.old);
+  for (const { plan, cluster } of placed) {
+    if (plan.inPlace) continue;
+    const { hi, lo } = encodeStandardEntry(cluster, false, true);
+    writeL2Raw(md, plan.table, plan.index, hi, lo, md.ctx.extendedL2 ? FULL_MASK : 0, 0);
+    md.l2.markDirty(plan.tableOffset);
+    if (plan.old.compressed || (plan.old.hostOffset !== 0 && plan.old.hostOffset !== cluster))
+      releaseHost(md, plan.old);
   }
 }
 

@@ -52,8 +52,7 @@ describe("qcow2 L2 entry classification", () => {
     const { hi, lo } = encodeCompressedEntry(16, 0x123456, 3);
     const e = classifyL2Entry(v3, hi, lo);
     expect(e.type).toBe("compressed");
-    expect(e.compressedOffset).toBe(0x123456);
-    expect(e.compressedLength).toBe(4 * 512 - (0x123456 % 512));
+    expect(e.compressed).toEqual({ offset: 0x123456, length: 4 * 512 - (0x123456 % 512) });
   });
 
   it("classifies extended L2 subclusters", () => {

@@ -25,8 +25,7 @@ export interface ClassifiedEntry {
   /** COPIED flag: refcount is exactly 1, so the cluster may be written in place. */
   copied: boolean;
   /** Compressed clusters: byte offset and the byte length covered by the sector count. */
-  compressedOffset?: number;
-  compressedLength?: number;
+  compressed?: CompressedExtent;
 }
 
 const HI_COPIED = 0x8000_0000;
@@ -37,6 +36,11 @@ const L2_HI_RESERVED = 0x3f00_0000; // bits 56–61
 const L2_LO_RESERVED = 0x0000_01fe; // bits 1–8
 const L1_HI_RESERVED = 0x7f00_0000; // bits 56–62
 const L1_LO_RESERVED = 0x0000_01ff; // bits 0–8
+
+export interface CompressedExtent {
+  offset: number;
+  length: number;
+}
 
 export interface EntryContext {
   version: 2 | 3;
@@ -91,9 +95,9 @@ export function classifyL2Entry(
     const extraSectors = descriptor >> x;
     if (offset > BigInt(Number.MAX_SAFE_INTEGER))
       throw corrupt("QCOW2_COMPRESSED_OUT_OF_RANGE", "compressed offset out of range");
-    const compressedOffset = Number(offset);
-    const compressedLength = (Number(extraSectors) + 1) * 512 - (compressedOffset % 512);
-    return { type: "compressed", hostOffset: 0, copied: false, compressedOffset, compressedLength };
+    const start = Number(offset);
+    const length = (Number(extraSectors) + 1) * 512 - (start % 512);
+    return { type: "compressed", hostOffset: 0, copied: false, compressed: { offset: start, length } };
   }
   if ((hi & L2_HI_RESERVED) !== 0 || (lo & L2_LO_RESERVED) !== 0) {
     throw corrupt("QCOW2_L2_ENTRY_INVALID", "L2 entry has reserved bits set");

@@ -84,3 +84,14 @@ export function refcountIndexOf(
 export function compressedOffsetBits(clusterBits: number): number {
   return 62 - (clusterBits - 8);
 }
+
+/** Groups ascending integers into runs of consecutive values (e.g. dirty sectors to write together). */
+export function consecutiveRuns(sorted: readonly number[]): Array<{ first: number; last: number }> {
+  const runs: Array<{ first: number; last: number }> = [];
+  for (const value of sorted) {
+    const run = runs[runs.length - 1];
+    if (run && value === run.last + 1) run.last = value;
+    else runs.push({ first: value, last: value });
+  }
+  return runs;
+}

@@ -13,7 +13,7 @@ import {
   serializeHeader,
 } from "./header.js";
 import { classifyL1Entry, type EntryContext, encodeL1Entry } from "./l2-entry.js";
-import { type Layout, makeLayout } from "./layout.js";
+import { consecutiveRuns, type Layout, makeLayout } from "./layout.js";
 import { RefcountManager } from "./refcount.js";
 import type { SnapshotEntry } from "./snapshot.js";
 
@@ -292,12 +292,7 @@ export class Qcow2Metadata {
   private async writeDirtyL1(): Promise<void> {
     const sectors = [...this.dirtyL1Sectors].sort((a, b) => a - b);
     this.dirtyL1Sectors.clear();
-    let i = 0;
-    while (i < sectors.length) {
-      const first = sectors[i]!;
-      let last = first;
-      while (i + 1 < sectors.length && sectors[i + 1] === last + 1) last = sectors[++i]!;
-      i++;
+    for (const { first, last } of consecutiveRuns(sectors)) {
       const start = first * 512;
       const end = Math.min((last + 1) * 512, this.l1.length);
       await this.file.write(this.header.l1TableOffset + start, this.l1.subarray(start, end));

@@ -33,6 +33,7 @@ import {
   MAX_L1_BYTES,
   withBackingFormat,
 } from "./header.js";
+import type { CompressedExtent } from "./l2-entry.js";
 import { alignUp, l1EntriesFor } from "./layout.js";
 import type { Qcow2Metadata } from "./metadata.js";
 import { Mutex } from "./mutex.js";
@@ -125,23 +126,21 @@ export class Qcow2Image implements BlockImage {
         case "unallocated-alloc":
           await this.readBacking(pos, part);
           break;
-        case "compressed":
-          part.set(
-            (await this.inflate(m)).subarray(
-              pos % this.md.clusterSize,
-              (pos % this.md.clusterSize) + m.bytes,
-            ),
-          );
+        case "compressed": {
+          if (!m.compressed) throw new EngineError("INTERNAL", "qcow2: compressed mapping without extent");
+          const within = pos % this.md.clusterSize;
+          part.set((await this.inflate(m.compressed)).subarray(within, within + m.bytes));
           break;
+        }
       }
       done += m.bytes;
     }
   }
 
-  private async inflate(m: HostMapping): Promise<Buffer> {
-    const at = m.compressedOffset!;
+  private async inflate(extent: CompressedExtent): Promise<Buffer> {
+    const at = extent.offset;
     if (this.lastInflated?.offset === at) return this.lastInflated.data;
-    const raw = Buffer.alloc(m.compressedLength!);
+    const raw = Buffer.alloc(extent.length);
     await this.file.readFull(at, raw);
     const data = inflateCluster(raw, this.md.clusterSize);
     this.lastInflated = { offset: at, data };
@@ -151,10 +150,14 @@ export class Qcow2Image implements BlockImage {
   /** Unallocated runs come from the backing layer; past its end (or without one) they are zeros. */
   private async readBacking(offset: number, part: Uint8Array): Promise<void> {
     const backing = this.backing;
-    const available = backing ? Math.max(0, Math.min(part.length, backing.virtualSize - offset)) : 0;
+    if (!backing) {
+      part.fill(0);
+      return;
+    }
+    const available = Math.max(0, Math.min(part.length, backing.virtualSize - offset));
     for (let done = 0; done < available; ) {
-      const n = Math.min(available - done, backing!.limits.maxTransfer);
-      await backing!.read(offset + done, part.subarray(done, done + n));
+      const n = Math.min(available - done, backing.limits.maxTransfer);
+      await backing.read(offset + done, part.subarray(done, done + n));
       done += n;
     }
     part.fill(0, available);

@@ -4,7 +4,7 @@ import type { HostFile } from "../../host/host-file.js";
 import { MetadataCache } from "./cache.js";
 import { corrupt } from "./errors.js";
 import { MAX_HOST_OFFSET, MAX_REFTABLE_BYTES } from "./header.js";
-import { alignUp, type Layout, refcountIndexOf } from "./layout.js";
+import { alignUp, consecutiveRuns, type Layout, refcountIndexOf } from "./layout.js";
 import { getRefcountEntry, maxRefcount, setRefcountEntry } from "./refcount-entry.js";
 
 /** Hooks the refcount manager needs from the image to relocate the refcount table safely. */
@@ -248,12 +248,7 @@ export class RefcountManager {
     if (!this.currentTable || this.dirtyTableSectors.size === 0) return;
     const sectors = [...this.dirtyTableSectors].sort((a, b) => a - b);
     this.dirtyTableSectors.clear();
-    let i = 0;
-    while (i < sectors.length) {
-      const first = sectors[i]!;
-      let last = first;
-      while (i + 1 < sectors.length && sectors[i + 1] === last + 1) last = sectors[++i]!;
-      i++;
+    for (const { first, last } of consecutiveRuns(sectors)) {
       const start = first * 512;
       const end = Math.min((last + 1) * 512, this.table.length);
       await this.file.write(this.currentTable.offset + start, this.table.subarray(start, end));
