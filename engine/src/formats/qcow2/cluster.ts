@@ -270,13 +270,14 @@ export async function writeClusters(
 
   // Allocate each run of clusters that needs new storage in one contiguous piece.
   const placed: Array<{ plan: ClusterPlan; cluster: number; host: number }> = [];
-  const place = (plan: ClusterPlan, cluster: number) =>
+  const place = (plan: ClusterPlan, cluster: number): void => {
     placed.push({ plan, cluster, host: cluster + (plan.inPlace ? plan.within : 0) });
+  };
   let run: ClusterPlan[] = [];
   const allocateRun = async () => {
     if (run.length === 0) return;
     const base = await md.refcounts.allocate(run.length);
-    run.forEach((plan, k) => place(plan, base + k * cs));
+    for (const [k, plan] of run.entries()) place(plan, base + k * cs);
     run = [];
   };
   for (const plan of plans) {

@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EngineError } from "../../errors.js";
 import { encodeCompressedEntry } from "./l2-entry.js";
-import { openImage, qemuOk, requireQemu } from "./oracle-support.js";
+import { openImage, qemu, qemuOk, requireQemu } from "./oracle-support.js";
 
 const dir = join("/tmp", `vdisk-qcow2-corrupt-${process.pid}`);
 const CS = 65536;
@@ -289,13 +289,43 @@ describe("hostile qcow2 images fail with typed errors in bounded time", () => {
     const freeCluster = statSync(path).size / CS - 1; // freed by the discard, still inside the file
     poke(path, refblock + dataCluster * 2, [0, 0]);
     poke(path, refblock + freeCluster * 2, [0, 1]);
+    const qemuReport = JSON.parse(qemu("qemu-img", ["check", "--output=json", path]).stdout) as Record<
+      string,
+      number
+    >;
     const img = await openImage(path, false);
     const found = await img.check({ repair: "none" });
     expect(found.corruptions).toBeGreaterThan(0);
     expect(found.leaks).toBe(1);
+    expect({ corruptions: found.corruptions, leaks: found.leaks }).toEqual({
+      corruptions: qemuReport.corruptions,
+      leaks: qemuReport.leaks,
+    });
     const fixed = await img.check({ repair: "all" });
     expect(fixed.corruptions).toBe(0);
     expect(fixed.leaks).toBe(0);
+    await img.close();
+    expect(qemuOk("qemu-img", ["check", path])).toMatch(/No errors were found/);
+  });
+
+  it("leaks alone are repaired in place by a leaks-only repair, as qemu-img check -r leaks does", async () => {
+    const path = baseImage("cluster_size=4096", [
+      "write -P 0x11 0 65536",
+      "write -P 0x13 1M 65536",
+      "discard 1M 65536",
+    ]);
+    const { refblock } = tables(path);
+    const last = statSync(path).size / 4096 - 1;
+    poke(path, refblock + last * 2, [0, 2]);
+    poke(path, refblock + (last - 1) * 2, [0, 1]);
+    const qemuReport = JSON.parse(qemu("qemu-img", ["check", "--output=json", path]).stdout) as Record<
+      string,
+      number
+    >;
+    expect(qemuReport.leaks).toBe(2);
+    const img = await openImage(path, false);
+    const fixed = await img.check({ repair: "leaks" });
+    expect(fixed).toMatchObject({ leaks: 0, leaksFixed: 2, corruptions: 0 });
     await img.close();
     expect(qemuOk("qemu-img", ["check", path])).toMatch(/No errors were found/);
   });

@@ -96,7 +96,7 @@ export async function runWorkload(img: BlockImage, shadow: Shadow, o: WorkloadOp
   const hotspots = [0, size];
   for (let b = o.l2Coverage; b < size && hotspots.length < 8; b += o.l2Coverage) hotspots.push(b);
   const pick = (): number => {
-    const base = hotspots[Math.floor(rand() * hotspots.length)]!;
+    const base = hotspots[Math.floor(rand() * hotspots.length)] ?? 0;
     const jitter = Math.floor((rand() - 0.5) * 6 * cs) + Math.floor(rand() * 512);
     return Math.max(0, Math.min(size - 1, base + jitter));
   };

@@ -179,6 +179,9 @@ describe("qemu-made qcow2 images read identically", () => {
     await expectReadsLikeQemu(path);
     const shadow = new Shadow(`${path}.shadow`, 8 * MiB);
     shadow.write(0, rawOf(path));
+    const ro = await openImage(path, true);
+    expect(await ro.check({ repair: "none" })).toMatchObject({ corruptions: 0, leaks: 0 });
+    await ro.close();
     const img = await openImage(path, false);
     expect(img.details().qcow2?.snapshots).toBe(1);
     await runWorkload(img, shadow, {
@@ -188,6 +191,7 @@ describe("qemu-made qcow2 images read identically", () => {
       l2Coverage: makeLayout(16, 4, false).l2Coverage,
       discardZeroes: true,
     });
+    expect(await img.check({ repair: "none" })).toMatchObject({ corruptions: 0, leaks: 0 });
     await img.close();
     shadow.close();
     expectQemuClean(path);
