@@ -273,3 +273,26 @@ describe("qcow2 resize over a longer backing image", () => {
     });
   }
 });
+
+describe("qcow2 refcount structure growth", () => {
+  it("grows the refcount table several times (self-describing blocks) and stays qemu-img clean", async () => {
+    const path = join(dir, "reftable-growth.qcow2");
+    // 512-byte clusters with 64-bit refcounts: one block covers 64 clusters, the first table 4096 (2 MiB).
+    const img = await createImage(path, {
+      size: 64 * MiB,
+      prealloc: "off",
+      clusterSize: 512,
+      qcow2: { refcountBits: 64 },
+    });
+    const data = Buffer.alloc(MiB);
+    for (let i = 0; i < data.length; i++) data[i] = (i * 7) & 0xff;
+    for (let i = 0; i < 6; i++) await img.write(i * MiB, data);
+    await img.write(40 * MiB + 3, data.subarray(0, 300000));
+    await img.close();
+    const header = parseHeader(readFileSync(path).subarray(0, 512), 64 * MiB);
+    expect(header.refcountTableClusters).toBeGreaterThanOrEqual(4); // 1 → 2 → 4
+    expect(qemuOk("qemu-img", ["check", path])).toMatch(/No errors were found/);
+    const r = qemu("qemu-io", ["-f", "qcow2", "-r", "-c", "read -v 1000 16", path]);
+    expect(r.stdout).toMatch(/58 5f 66 6d 74 7b 82 89 90 97 9e a5 ac b3 ba c1/);
+  });
+});
