@@ -1,5 +1,5 @@
 import { splitNumber } from "../../binary/big-endian.js";
-import type { BlockImage, CreateOptions, OpenOptions } from "../../block-image.js";
+import type { CreateOptions, OpenOptions } from "../../block-image.js";
 import { EngineError } from "../../errors.js";
 import type { HostFile } from "../../host/host-file.js";
 import { checkImage } from "./check.js";
@@ -245,5 +245,3 @@ export async function createQcow2(file: HostFile, opts: CreateOptions): Promise<
     await image.release();
   }
 }
-
-export type { BlockImage };

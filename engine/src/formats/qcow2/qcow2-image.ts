@@ -21,7 +21,7 @@ import {
   zeroClusters,
 } from "./cluster.js";
 import { inflateCluster } from "./compress.js";
-import { corrupt, unsupported } from "./errors.js";
+import { unsupported } from "./errors.js";
 import {
   backingFormatOf,
   COMPAT_LAZY_REFCOUNTS,
@@ -42,8 +42,14 @@ const MAX_TRANSFER = 16 * 1024 * 1024;
 /** Guest bytes preallocated per step between progress reports and cancellation checks. */
 const PREALLOC_STEP = 256 * 1024 * 1024;
 
+/** Metadata corruption that must stop writes. A bad compressed payload is a read error of one cluster (as in QEMU). */
 export function isCorruption(err: unknown): boolean {
-  return err instanceof EngineError && err.code === "CORRUPT" && err.reason !== "QCOW2_CORRUPT";
+  return (
+    err instanceof EngineError &&
+    err.code === "CORRUPT" &&
+    err.reason !== "QCOW2_CORRUPT" &&
+    err.reason !== "QCOW2_BAD_COMPRESSED_CLUSTER"
+  );
 }
 
 /**
@@ -524,11 +530,5 @@ export async function preallocateRange(
     await md.flush();
     pos = stepEnd;
     opts.onProgress?.(pos - from, total, "preallocate");
-  }
-}
-
-export function assertNotCorruptForWrite(md: Qcow2Metadata): void {
-  if ((md.header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n) {
-    throw corrupt("QCOW2_CORRUPT", "image is marked corrupt; it can only be opened read-only");
   }
 }

@@ -131,7 +131,7 @@ export class RefcountManager {
    */
   private async growTable(minEntries: number): Promise<void> {
     const cs = this.layout.clusterSize;
-    const oldOffsetClusters = this.currentTable;
+    const oldTable = this.currentTable;
     let entries = Math.max(minEntries, this.tableEntries * 2);
     // Headroom for the table itself and the blocks describing it, so the growth settles in one step.
     for (;;) {
@@ -162,7 +162,7 @@ export class RefcountManager {
     await this.host.barrier();
     await this.host.switchRefcountTable(tableOffset, tableBytes / cs);
     this.currentTable = { offset: tableOffset, clusters: tableBytes / cs };
-    if (oldOffsetClusters) this.free(oldOffsetClusters.offset, oldOffsetClusters.clusters);
+    if (oldTable) this.free(oldTable.offset, oldTable.clusters);
   }
 
   /** Where the table currently lives on disk (set by the image after open/create). */
