@@ -153,6 +153,12 @@ describe("qcow2 image operations", () => {
       backingFormat: "qcow2",
       version: 3,
     });
+    expect(await errorOf(inspect.read(0, Buffer.alloc(512)))).toMatchObject({
+      reason: "QCOW2_BACKING_REQUIRED",
+    });
+    const rw = await qcow2Driver.open(top.file, { readOnly: false, allowMissingBacking: true });
+    expect(await errorOf(rw.write(0, Buffer.alloc(512)))).toMatchObject({ reason: "QCOW2_BACKING_REQUIRED" });
+    expect((await rw.check({ repair: "none" })).corruptions).toBe(0);
   });
 
   it.each([
