@@ -1,5 +1,6 @@
 import { constants as osConstants } from "node:os";
 import * as koffi from "koffi";
+import { EngineError } from "../errors.js";
 
 /**
  * The few Linux calls Node's fs lacks (fallocate, lseek SEEK_DATA/SEEK_HOLE, OFD locks), called through
@@ -45,7 +46,15 @@ function libc(): Bindings {
     if (process.platform !== "linux") {
       throw Object.assign(new Error("host file calls need Linux"), { code: "ENOSYS" });
     }
-    const lib = koffi.load("libc.so.6");
+    let lib: koffi.LibraryHandle;
+    try {
+      lib = koffi.load("libc.so.6");
+    } catch (err) {
+      throw new EngineError("INTERNAL", "cannot load libc for host file calls", {
+        reason: "HOST_FFI_UNAVAILABLE",
+        cause: err,
+      });
+    }
     // x86_64/aarch64 layout: short, short, (pad), off_t, off_t, pid_t, (pad) = 32 bytes.
     const flock = koffi.struct("vdisk_flock", {
       l_type: "short",

@@ -188,6 +188,17 @@ describe("memory file: fault injection", () => {
     await f.readFull(0, back);
     expectBytes(back, pattern(10, 1));
   });
+
+  it("a FUA write flushes, so flush faults reach it", async () => {
+    const f = createMemoryFile();
+    f.injectFault({ op: "flush", error: "EIO" });
+    await f.write(0, pattern(10, 1));
+    expect((await caught(f.write(10, pattern(10, 2), { fua: true }))).code).toBe("FSYNC_FAILED");
+    expect(f.stats.flushes).toBe(1);
+    const back = new Uint8Array(10);
+    await f.readFull(0, back);
+    expectBytes(back, pattern(10, 1));
+  });
 });
 
 describe("memory file matches the real file", () => {

@@ -142,6 +142,7 @@ class MemoryHostFile implements MemoryFile {
     this.store(offset, data);
     this.length = Math.max(this.length, offset + data.length);
     this.stats.bytesWritten += data.length;
+    if (opts?.fua) await this.flush();
   }
 
   async writev(offset: number, buffers: readonly Uint8Array[], opts?: IoOptions): Promise<void> {
@@ -154,6 +155,7 @@ class MemoryHostFile implements MemoryFile {
     }
     this.length = Math.max(this.length, offset + total);
     this.stats.bytesWritten += total;
+    if (opts?.fua) await this.flush();
   }
 
   async truncate(size: number): Promise<void> {
@@ -181,17 +183,20 @@ class MemoryHostFile implements MemoryFile {
 
   async allocate(offset: number, length: number, keepSize = false): Promise<void> {
     this.beginFallocate("allocate", offset, length);
+    if (length === 0) return; // as on the real file: an empty range changes nothing, not even the size
     this.forEachChunk(offset, length, (index) => this.chunk(index));
     if (!keepSize) this.length = Math.max(this.length, offset + length);
   }
 
   async punchHole(offset: number, length: number): Promise<void> {
     this.beginFallocate("punchHole", offset, length);
+    if (length === 0) return; // as on the real file: an empty range changes nothing, not even the size
     this.punch(offset, length);
   }
 
   async zeroRange(offset: number, length: number, keepSize = false): Promise<void> {
     this.beginFallocate("zeroRange", offset, length);
+    if (length === 0) return; // as on the real file: an empty range changes nothing, not even the size
     this.forEachChunk(offset, length, (index, start, end) => this.chunk(index).fill(0, start, end));
     if (!keepSize) this.length = Math.max(this.length, offset + length);
   }

@@ -1,3 +1,4 @@
+import { existsSync } from "node:fs";
 import { mkdtemp, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -289,5 +290,31 @@ describe("flush and fsync failure", () => {
     const back = new Uint8Array(4096);
     await f.readFull(0, back);
     expectBytes(back, pattern(4096, 9));
+  });
+});
+
+describe("capability probe agrees with the file system", () => {
+  // tmpfs has no FALLOC_FL_ZERO_RANGE: there the probe must report it missing and the call must refuse.
+  const dirs = [tmpdir(), "/dev/shm"].filter((d) => existsSync(d));
+  it.each(dirs)("in %s, reported capabilities work and missing ones fail with UNSUPPORTED", async (base) => {
+    const own = await mkdtemp(join(base, "vdisk-caps-"));
+    try {
+      const f = await openHostFile(join(own, "c.img"), { readOnly: false, create: "new" });
+      opened.push(f);
+      await f.write(0, pattern(256 * KiB, 1));
+      const calls = {
+        allocate: () => f.allocate(0, 64 * KiB, true),
+        punchHole: () => f.punchHole(64 * KiB, 64 * KiB),
+        zeroRange: () => f.zeroRange(128 * KiB, 64 * KiB, true),
+      };
+      for (const [capability, call] of Object.entries(calls)) {
+        const supported = f.capabilities[capability as keyof typeof calls];
+        if (supported) await call();
+        else await expectEngineError(call(), "UNSUPPORTED");
+      }
+      if (base === "/dev/shm") expect(f.capabilities.zeroRange).toBe(false);
+    } finally {
+      await rm(own, { recursive: true, force: true });
+    }
   });
 });

@@ -107,13 +107,19 @@ async function probeCapabilities(fd: number, path: string, readOnly: boolean): P
   return caps;
 }
 
-/** A call that fails with "not supported" (or EINVAL: unknown mode/command) means the capability is absent. */
+/**
+ * A capability is absent when the call fails with "not supported" (or EINVAL: a mode or command the kernel
+ * doesn't know). Any other errno (ENOSPC on a full disk, say) says nothing against support. A failure that
+ * is no errno at all (the native binding is broken) is rethrown: silently reporting "no OFD locks" would
+ * turn image locking into a no-op.
+ */
 function probe(call: () => unknown): boolean {
   try {
     call();
     return true;
   } catch (err) {
     const code = (err as { code?: unknown }).code;
+    if (typeof code !== "string") throw err;
     return !(isUnsupportedErrno(err) || code === "EINVAL");
   }
 }
