@@ -226,7 +226,6 @@ export class Qcow2Image implements BlockImage {
             clusters: (wholeEnd - first) / cs,
             unmap: opts?.mayUnmap === true,
             mode: v2 ? "unallocate" : "zero-flag",
-            hasBacking,
           });
         }
       }
@@ -282,7 +281,6 @@ export class Qcow2Image implements BlockImage {
         clusters: (end - first) / cs,
         unmap: true,
         mode: hasBacking ? "zero-flag" : "unallocate",
-        hasBacking,
       });
       this.lastInflated = undefined;
       await this.md.trimCaches();
@@ -389,7 +387,6 @@ export class Qcow2Image implements BlockImage {
         clusters: (wholeEnd - from) / cs,
         unmap: true,
         mode: "zero-flag",
-        hasBacking: true,
       });
     }
     if (wholeEnd < end) await this.writeZeroBuffers(wholeEnd, end - wholeEnd);
