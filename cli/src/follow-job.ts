@@ -35,7 +35,10 @@ function askCancelOrDetach(): { answer: Promise<Decision>; close: () => void } {
 
 function detachMessage(output: Output, jobId: string): void {
   if (output.json) printJsonLine(output, { detached: true, jobId });
-  else output.err(`Detached: job ${jobId} keeps running on the server.\nFollow it with: vdisk job watch ${jobId}\n`);
+  else
+    output.err(
+      `Detached: job ${jobId} keeps running on the server.\nFollow it with: vdisk job watch ${jobId}\n`,
+    );
 }
 
 /**

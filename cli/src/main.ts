@@ -1,5 +1,12 @@
 import { CommanderError } from "commander";
-import { describeError, EXIT, ExitRequest, errorJson, isConnectionFailure, UsageError } from "./exit-codes.js";
+import {
+  describeError,
+  EXIT,
+  ExitRequest,
+  errorJson,
+  isConnectionFailure,
+  UsageError,
+} from "./exit-codes.js";
 import { buildProgram } from "./program.js";
 
 function wantsJson(argv: readonly string[]): boolean {

@@ -41,6 +41,7 @@ export function table(headers: string[], rows: string[][]): string {
 
 function labelsText(labels: Record<string, string>): string {
   return Object.entries(labels)
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
     .map(([k, v]) => `${k}=${v}`)
     .join(",");
 }
@@ -167,7 +168,10 @@ export function jobDetails(job: Job): string {
   if (job.createTime) rows.push(["created", job.createTime.toISOString()]);
   if (job.endTime) rows.push(["ended", job.endTime.toISOString()]);
   if (job.error)
-    rows.push(["error", `${job.error.code}${job.error.reason ? ` (${job.error.reason})` : ""}: ${job.error.message}`]);
+    rows.push([
+      "error",
+      `${job.error.code}${job.error.reason ? ` (${job.error.reason})` : ""}: ${job.error.message}`,
+    ]);
   const width = Math.max(...rows.map(([k]) => k.length)) + 1;
   return rows.map(([k, value]) => `${`${k}:`.padEnd(width)} ${value}\n`).join("");
 }
@@ -189,7 +193,9 @@ export function checkReportText(r: CheckReport): string {
   if (r.corruptionsFixed || r.leaksFixed)
     lines.push(`Repaired: ${r.corruptionsFixed} corruptions, ${r.leaksFixed} leaks.`);
   if (r.totalClusters)
-    lines.push(`${r.allocatedClusters}/${r.totalClusters} clusters allocated, ${r.fragmentedClusters} fragmented, ${r.compressedClusters} compressed`);
+    lines.push(
+      `${r.allocatedClusters}/${r.totalClusters} clusters allocated, ${r.fragmentedClusters} fragmented, ${r.compressedClusters} compressed`,
+    );
   if (r.imageEndOffset) lines.push(`Image end offset: ${r.imageEndOffset}`);
   return `${lines.join("\n")}\n`;
 }

@@ -15,9 +15,15 @@ export function buildProgram(): Command {
     .version("0.1.0")
     .exitOverride()
     .showHelpAfterError("(run with --help for usage)")
-    .addOption(new Option("--server <host:port>", "server address").env("VDISK_SERVER").default(DEFAULT_SERVER))
-    .addOption(new Option("--tls-ca <file>", "CA certificate (PEM) to trust; turns on TLS").env("VDISK_TLS_CA"))
-    .addOption(new Option("--tls-cert <file>", "client certificate (PEM) for mutual TLS").env("VDISK_TLS_CERT"))
+    .addOption(
+      new Option("--server <host:port>", "server address").env("VDISK_SERVER").default(DEFAULT_SERVER),
+    )
+    .addOption(
+      new Option("--tls-ca <file>", "CA certificate (PEM) to trust; turns on TLS").env("VDISK_TLS_CA"),
+    )
+    .addOption(
+      new Option("--tls-cert <file>", "client certificate (PEM) for mutual TLS").env("VDISK_TLS_CERT"),
+    )
     .addOption(new Option("--tls-key <file>", "client private key (PEM) for mutual TLS").env("VDISK_TLS_KEY"))
     .addOption(new Option("--token <token>", "bearer token").env("VDISK_TOKEN"))
     .option("--json", "print machine-readable JSON (one document per command; job watch: JSON lines)")

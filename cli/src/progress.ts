@@ -1,5 +1,5 @@
-import cliProgress from "cli-progress";
 import type { JobSnapshot } from "@vdisk/sdk";
+import cliProgress from "cli-progress";
 import { formatSize } from "./sizes.js";
 
 /** `1m05s`, `3h02m`, `42s`; `--` when unknown. */
@@ -45,7 +45,11 @@ export class JobProgressBar {
     const elapsed = (Date.now() - this.startedAt) / 1000;
     const rate = s.bytesPerSecond > 0 ? s.bytesPerSecond : elapsed > 0 ? s.doneBytes / elapsed : 0;
     const eta =
-      s.etaSeconds > 0 ? s.etaSeconds : rate > 0 && s.totalBytes > s.doneBytes ? (s.totalBytes - s.doneBytes) / rate : 0;
+      s.etaSeconds > 0
+        ? s.etaSeconds
+        : rate > 0 && s.totalBytes > s.doneBytes
+          ? (s.totalBytes - s.doneBytes) / rate
+          : 0;
     // cli-progress computes the percentage from value/total; a job that has not sized its work yet shows 0%.
     const total = Math.max(s.totalBytes, 1);
     const payload = {

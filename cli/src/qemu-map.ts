@@ -38,7 +38,10 @@ function entryText(e: QemuMapEntry): string {
  * Streams the map in qemu-img's layout (`[` + entries joined by `,\n` + `]\n`), one write per entry, so a
  * map of millions of extents never has to be held in memory.
  */
-export async function writeQemuMap(extents: AsyncIterable<Extent>, write: (text: string) => void): Promise<void> {
+export async function writeQemuMap(
+  extents: AsyncIterable<Extent>,
+  write: (text: string) => void,
+): Promise<void> {
   write("[");
   let first = true;
   for await (const extent of extents) {

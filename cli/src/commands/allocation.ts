@@ -1,5 +1,5 @@
-import { type Command, Option } from "commander";
 import type { AllocateModeName } from "@vdisk/sdk";
+import { type Command, Option } from "commander";
 import { followJob } from "../follow-job.js";
 import { printJson, table, volumeJson } from "../output.js";
 import { writeQemuMap } from "../qemu-map.js";
@@ -10,7 +10,7 @@ export function addAllocationCommands(program: Command): void {
   program
     .command("map")
     .description(
-      "show the allocation map; with --json exactly `qemu-img map --output=json` (QEMU 7.2 fields: no \"compressed\")",
+      'show the allocation map; with --json exactly `qemu-img map --output=json` (QEMU 7.2 fields: no "compressed")',
     )
     .argument("<name>", "volume name")
     .option("--offset <size>", "start of the range (default 0)", sizeArg)
@@ -75,7 +75,10 @@ export function addAllocationCommands(program: Command): void {
         });
         const result = await followJob(handle, { output, interactive, label: `allocate ${name}` });
         if (output.json)
-          printJson(output, { volume: result.volume ? volumeJson(result.volume) : null, summary: result.summary });
+          printJson(output, {
+            volume: result.volume ? volumeJson(result.volume) : null,
+            summary: result.summary,
+          });
         else
           output.out(
             `Allocated ${name}: copied ${formatSize(result.summary.copiedBytes)}, zeroed ${formatSize(result.summary.zeroedBytes)}, unchanged ${formatSize(result.summary.unchangedBytes)}\n`,
@@ -92,8 +95,11 @@ export function addAllocationCommands(program: Command): void {
     .option("--unmap", "let the server free the space")
     .action(async (name: string, opts, cmd: Command) => {
       await withClient(cmd, async ({ client, output }) => {
-        await client.writeZeroes(name, opts.offset as number, opts.length as number, { mayUnmap: opts.unmap === true });
-        if (output.json) printJson(output, { volume: name, offset: opts.offset, length: opts.length, zeroed: true });
+        await client.writeZeroes(name, opts.offset as number, opts.length as number, {
+          mayUnmap: opts.unmap === true,
+        });
+        if (output.json)
+          printJson(output, { volume: name, offset: opts.offset, length: opts.length, zeroed: true });
         else output.out(`Zeroed ${formatSize(opts.length as number)} of ${name} at offset ${opts.offset}\n`);
       });
     });
@@ -107,8 +113,10 @@ export function addAllocationCommands(program: Command): void {
     .action(async (name: string, opts, cmd: Command) => {
       await withClient(cmd, async ({ client, output }) => {
         await client.discard(name, opts.offset as number, opts.length as number);
-        if (output.json) printJson(output, { volume: name, offset: opts.offset, length: opts.length, discarded: true });
-        else output.out(`Discarded ${formatSize(opts.length as number)} of ${name} at offset ${opts.offset}\n`);
+        if (output.json)
+          printJson(output, { volume: name, offset: opts.offset, length: opts.length, discarded: true });
+        else
+          output.out(`Discarded ${formatSize(opts.length as number)} of ${name} at offset ${opts.offset}\n`);
       });
     });
 }

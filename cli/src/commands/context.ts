@@ -1,5 +1,5 @@
-import { type Command, InvalidArgumentError } from "commander";
 import type { VdiskClient } from "@vdisk/sdk";
+import { type Command, InvalidArgumentError } from "commander";
 import { clientFor, type GlobalOptions } from "../connect.js";
 import { consoleOutput, type Output } from "../output.js";
 import { parseSize } from "../sizes.js";
@@ -13,7 +13,10 @@ export interface CommandContext {
 }
 
 /** Runs a command body with a client built from the global options; the client is always closed. */
-export async function withClient(command: Command, body: (ctx: CommandContext) => Promise<void>): Promise<void> {
+export async function withClient(
+  command: Command,
+  body: (ctx: CommandContext) => Promise<void>,
+): Promise<void> {
   const globals = command.optsWithGlobals<GlobalOptions>();
   const output = consoleOutput(globals.json === true);
   const interactive = !output.json && process.stdout.isTTY === true && process.stdin.isTTY === true;
@@ -35,7 +38,10 @@ export function sizeArg(value: string): number {
 }
 
 /** Commander parser for repeatable `--label k=v`. */
-export function labelArg(value: string, previous: Record<string, string> | undefined): Record<string, string> {
+export function labelArg(
+  value: string,
+  previous: Record<string, string> | undefined,
+): Record<string, string> {
   const at = value.indexOf("=");
   if (at <= 0) throw new InvalidArgumentError(`"${value}" is not a label; expected KEY=VALUE`);
   return { ...previous, [value.slice(0, at)]: value.slice(at + 1) };

@@ -1,5 +1,5 @@
-import { type Command, Option } from "commander";
 import type { VolumeFormatName } from "@vdisk/sdk";
+import { type Command, Option } from "commander";
 import { printJson, volumeJson } from "../output.js";
 import { formatSize } from "../sizes.js";
 import { withClient } from "./context.js";
@@ -54,7 +54,8 @@ export function addFileCommands(program: Command): void {
           ...(opts.as ? { targetFormat: opts.as as VolumeFormatName } : {}),
         });
         if (output.json) printJson(output, volumeJson(v));
-        else output.out(`Imported ${file} as volume ${v.name}: ${v.format}, ${formatSize(v.capacityBytes)}\n`);
+        else
+          output.out(`Imported ${file} as volume ${v.name}: ${v.format}, ${formatSize(v.capacityBytes)}\n`);
       });
     });
 
@@ -63,7 +64,9 @@ export function addFileCommands(program: Command): void {
     .description("download a volume as an image file (raw exports are sparse)")
     .argument("<name>", "volume name")
     .argument("<file>", "local image file (created or overwritten)")
-    .addOption(new Option("--format <format>", "file format to produce").choices(FORMATS).makeOptionMandatory())
+    .addOption(
+      new Option("--format <format>", "file format to produce").choices(FORMATS).makeOptionMandatory(),
+    )
     .option("--compress", "qcow2: compress clusters")
     .action(async (name: string, file: string, opts, cmd: Command) => {
       await withClient(cmd, async ({ client, output }) => {

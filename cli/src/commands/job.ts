@@ -1,6 +1,14 @@
 import type { Command } from "commander";
 import { followJob } from "../follow-job.js";
-import { jobDetails, jobJson, jobTable, printJson, printJsonLine, snapshotJson, snapshotLine } from "../output.js";
+import {
+  jobDetails,
+  jobJson,
+  jobTable,
+  printJson,
+  printJsonLine,
+  snapshotJson,
+  snapshotLine,
+} from "../output.js";
 import { withClient } from "./context.js";
 
 export function addJobCommands(program: Command): void {
@@ -14,7 +22,8 @@ export function addJobCommands(program: Command): void {
     .action(async (opts, cmd: Command) => {
       await withClient(cmd, async ({ client, output }) => {
         const jobs = [];
-        for await (const j of client.listJobs(opts.volume ? { volume: opts.volume as string } : {})) jobs.push(j);
+        for await (const j of client.listJobs(opts.volume ? { volume: opts.volume as string } : {}))
+          jobs.push(j);
         if (output.json) printJson(output, jobs.map(jobJson));
         else output.out(jobTable(jobs));
       });
@@ -44,7 +53,8 @@ export function addJobCommands(program: Command): void {
             output,
             interactive,
             label: `job ${id.slice(0, 8)}`,
-            onSnapshot: (s) => (output.json ? printJsonLine(output, snapshotJson(s)) : output.out(snapshotLine(s))),
+            onSnapshot: (s) =>
+              output.json ? printJsonLine(output, snapshotJson(s)) : output.out(snapshotLine(s)),
           });
         } finally {
           // The final record (also for failed/cancelled jobs): what a script wants to keep.

@@ -1,5 +1,5 @@
-import { type Command, Option } from "commander";
 import type { PreallocationName, VolumeFormatName } from "@vdisk/sdk";
+import { type Command, Option } from "commander";
 import { followJob } from "../follow-job.js";
 import { checkReportText, printJson, volumeDetails, volumeJson, volumeTable } from "../output.js";
 import { formatSize } from "../sizes.js";
@@ -10,9 +10,10 @@ const PREALLOCS = ["off", "metadata", "falloc", "full"] as const;
 
 const formatOption = (flags: string, description: string) => new Option(flags, description).choices(FORMATS);
 const preallocOption = () =>
-  new Option("--prealloc <mode>", "preallocation: off (thin), metadata, falloc or full (written zeros)").choices(
-    PREALLOCS,
-  );
+  new Option(
+    "--prealloc <mode>",
+    "preallocation: off (thin), metadata, falloc or full (written zeros)",
+  ).choices(PREALLOCS);
 
 export function addVolumeCommands(program: Command): void {
   const volume = program.command("volume").description("create, inspect, change and delete volumes");
@@ -42,7 +43,10 @@ export function addVolumeCommands(program: Command): void {
         });
         const created = await followJob(handle, { output, interactive, label: `create ${name}` });
         if (output.json) printJson(output, volumeJson(created));
-        else output.out(`Created volume ${created.name}: ${created.format}, ${formatSize(created.capacityBytes)}\n`);
+        else
+          output.out(
+            `Created volume ${created.name}: ${created.format}, ${formatSize(created.capacityBytes)}\n`,
+          );
       });
     });
 
@@ -54,7 +58,8 @@ export function addVolumeCommands(program: Command): void {
     .action(async (opts, cmd: Command) => {
       await withClient(cmd, async ({ client, output }) => {
         const volumes = [];
-        for await (const v of client.listVolumes(opts.label ? { labelSelector: opts.label } : {})) volumes.push(v);
+        for await (const v of client.listVolumes(opts.label ? { labelSelector: opts.label } : {}))
+          volumes.push(v);
         if (output.json) printJson(output, volumes.map(volumeJson));
         else output.out(volumeTable(volumes));
       });
@@ -119,7 +124,10 @@ export function addVolumeCommands(program: Command): void {
         });
         const v = await followJob(handle, { output, interactive, label: `clone ${source}` });
         if (output.json) printJson(output, volumeJson(v));
-        else output.out(`Cloned ${source} to ${v.name} (${v.format}${v.backingVolume ? `, backed by ${v.backingVolume}` : ""})\n`);
+        else
+          output.out(
+            `Cloned ${source} to ${v.name} (${v.format}${v.backingVolume ? `, backed by ${v.backingVolume}` : ""})\n`,
+          );
       });
     });
 
@@ -127,10 +135,15 @@ export function addVolumeCommands(program: Command): void {
     .command("check")
     .description("check a volume's metadata, optionally repairing it (a job)")
     .argument("<name>", "volume name")
-    .addOption(new Option("--repair <what>", "repair leaked clusters or everything").choices(["leaks", "all"]))
+    .addOption(
+      new Option("--repair <what>", "repair leaked clusters or everything").choices(["leaks", "all"]),
+    )
     .action(async (name: string, opts, cmd: Command) => {
       await withClient(cmd, async ({ client, output, interactive }) => {
-        const handle = client.checkVolume(name, opts.repair ? { repair: opts.repair as "leaks" | "all" } : {});
+        const handle = client.checkVolume(
+          name,
+          opts.repair ? { repair: opts.repair as "leaks" | "all" } : {},
+        );
         const report = await followJob(handle, { output, interactive, label: `check ${name}` });
         if (output.json) printJson(output, report);
         else output.out(checkReportText(report));
@@ -147,7 +160,10 @@ export function addVolumeCommands(program: Command): void {
         const handle = client.flattenVolume(name, opts.base ? { baseVolume: opts.base as string } : {});
         const result = await followJob(handle, { output, interactive, label: `flatten ${name}` });
         if (output.json)
-          printJson(output, { volume: result.volume ? volumeJson(result.volume) : null, summary: result.summary });
+          printJson(output, {
+            volume: result.volume ? volumeJson(result.volume) : null,
+            summary: result.summary,
+          });
         else
           output.out(
             `Flattened ${name}: copied ${formatSize(result.summary.copiedBytes)}, zeroed ${formatSize(result.summary.zeroedBytes)}\n`,
