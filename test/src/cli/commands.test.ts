@@ -3,7 +3,7 @@ import { readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { MiB } from "@vdisk/sdk";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import {
   closedPort,
   finalStateOf,
@@ -13,6 +13,9 @@ import {
   startTestServer,
   type TestServer,
 } from "./harness.js";
+
+// Every CLI run is a fresh Node process (~1-3 s on a loaded 2-core machine); tests make several.
+vi.setConfig({ testTimeout: 120_000 });
 
 /**
  * The `vdisk` command as an operator runs it: a child process against a real server on 127.0.0.1:0, checked

@@ -1,7 +1,10 @@
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { finalStateOf, REPO_ROOT, startTestServer, type TestServer, waitFor } from "./harness.js";
+
+// Every CLI run is a fresh Node process (~1-3 s on a loaded 2-core machine); tests make several.
+vi.setConfig({ testTimeout: 120_000 });
 
 /**
  * Acceptance of issue 6: on a terminal, a long operation draws a progress bar (bar, percentage, bytes, rate,
