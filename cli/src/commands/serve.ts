@@ -1,4 +1,3 @@
-import { createLogger, loadConfig, startServer } from "@vdisk/server";
 import type { Command } from "commander";
 import { UsageError } from "../exit-codes.js";
 
@@ -32,6 +31,8 @@ export function addServeCommand(program: Command): void {
       }
       if (cmd.getOptionValueSource("reflection") === "cli" && opts.reflection === false)
         argv.push("--no-reflection");
+      // Loaded only here: the server (engine, SQLite, grpc-js) would slow every client command's start.
+      const { createLogger, loadConfig, startServer } = await import("@vdisk/server");
       let config: ReturnType<typeof loadConfig>;
       try {
         config = loadConfig(argv);
