@@ -335,7 +335,7 @@ describe("jobs: list, get, watch, cancel", () => {
     const handle = t.client.createVolume({
       name: "slow",
       format: "raw",
-      capacityBytes: 4 * 1024 ** 3,
+      capacityBytes: 16 * 1024 ** 3,
       preallocation: "full",
     });
     const id = await handle.jobId;
@@ -363,7 +363,7 @@ describe("jobs: list, get, watch, cancel", () => {
       "--format",
       "raw",
       "--size",
-      "4G",
+      "16G",
       "--prealloc",
       "full",
     ]);
