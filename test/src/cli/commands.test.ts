@@ -56,6 +56,8 @@ describe("usage errors exit 2", () => {
     ["bad label", ["volume", "list", "--label", "novalue"]],
     ["bad allocate mode", ["allocate", "x", "--mode", "sideways"]],
     ["bad --server", ["--server", "not an address", "volume", "list"]],
+    ["--tls-cert without --tls-key", ["--tls-cert", "/dev/null", "volume", "list"]],
+    ["unreadable --tls-ca", ["--tls-ca", "/nonexistent/ca.pem", "volume", "list"]],
   ])("%s", async (_what, args) => {
     const r = await runCli(args);
     expect(r.code, r.stderr).toBe(2);
