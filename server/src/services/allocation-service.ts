@@ -23,7 +23,7 @@ import type { Extent } from "../gen/vdisk/v1/allocation_types.js";
 import { type CallContext, failingStream, serverStream, unary } from "../rpc/adapt.js";
 import { toBigint } from "../rpc/convert.js";
 import { unimplemented } from "../rpc/errors.js";
-import { requireReadyVolume, requireVolume, type ServiceContext } from "./context.js";
+import { markVolumeIfBroken, requireReadyVolume, requireVolume, type ServiceContext } from "./context.js";
 import { resolveRange } from "./ranges.js";
 
 const DEFAULT_EXTENTS_PER_MESSAGE = 1024;
@@ -145,6 +145,9 @@ export class AllocationService {
       const image = await this.ctx.images.get(volume);
       const { start, end } = resolveRange(image, req.offset, req.length, true);
       await op(image, start, end);
+    } catch (err) {
+      await markVolumeIfBroken(this.ctx, volume, err);
+      throw err;
     } finally {
       release();
     }

@@ -50,3 +50,28 @@ export function requireReadyVolume(catalog: Catalog, name: string, field = "name
   }
   return volume;
 }
+
+/**
+ * After a failed operation on a volume: if the failure makes the volume untrustworthy (an fsync failed,
+ * or corruption was detected), the volume goes to ERROR and stays there until an operator acts (DESIGN
+ * §7 rules 6 and 7), and its image is closed so nothing keeps writing through it.
+ */
+export async function markVolumeIfBroken(
+  ctx: ServiceContext,
+  volume: VolumeRecord,
+  err: unknown,
+): Promise<void> {
+  const e = EngineError.from(err);
+  if (e.code !== "FSYNC_FAILED" && e.code !== "CORRUPT") return;
+  const message =
+    e.code === "FSYNC_FAILED"
+      ? "a flush to disk failed; data written since the last successful flush may be lost"
+      : e.message;
+  ctx.log.error({ volume: volume.name, code: e.code, reason: e.reason, err }, "volume put in ERROR state");
+  try {
+    ctx.catalog.updateVolume(volume.name, { state: "ERROR", errorMessage: message });
+  } catch (updateErr) {
+    ctx.log.error({ err: updateErr, volume: volume.name }, "could not record the ERROR state");
+  }
+  await ctx.images.close(volume.uid).catch(() => {});
+}
