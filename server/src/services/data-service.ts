@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import type { Server } from "@grpc/grpc-js";
 import {
   type BlockImage,
@@ -21,7 +20,7 @@ import {
 } from "../gen/vdisk/v1/data.js";
 import { type CallContext, clientStream, serverStream } from "../rpc/adapt.js";
 import { toBigint, toNumber, zeroDetectionFromWire } from "../rpc/convert.js";
-import { markVolumeIfBroken, requireReadyVolume, type ServiceContext } from "./context.js";
+import { markVolumeIfBroken, requireReadyVolume, type ServiceContext, useVolume } from "./context.js";
 import { resolveRange } from "./ranges.js";
 
 const DEFAULT_CHUNK = 1024 * 1024;
@@ -53,7 +52,7 @@ export class DataService {
       });
     }
     const chunk = req.chunkSize === 0 ? DEFAULT_CHUNK : req.chunkSize;
-    const release = this.ctx.locks.acquire(volume.name, "shared", randomUUID());
+    const release = useVolume(this.ctx, volume);
     try {
       const image = await this.ctx.images.get(volume);
       const { start, end } = resolveRange(image, req.offset, req.length, false);
@@ -108,7 +107,7 @@ export class DataService {
               });
             detection = zeroDetectionFromWire(payload.open.zeroDetection);
             volume = requireReadyVolume(this.ctx.catalog, payload.open.name);
-            release = this.ctx.locks.acquire(volume.name, "shared", randomUUID());
+            release = useVolume(this.ctx, volume);
             image = await this.ctx.images.get(volume);
             break;
           }
