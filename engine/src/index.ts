@@ -5,5 +5,5 @@ export type * from "./block-image.js";
 export * from "./host/index.js";
 export * from "./core/index.js";
 export * from "./ops/index.js";
-export { rawDriver } from "./formats/raw/index.js";
+export { RAW_LIMITS, rawDriver } from "./formats/raw/index.js";
 export { driverFor } from "./formats/registry.js";
