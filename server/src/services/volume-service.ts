@@ -346,6 +346,8 @@ export class VolumeService {
       await images.close(volume.uid);
       await pool.removeFile(pool.volumePath(volume.name, volume.format));
       catalog.deleteVolume(volume.name);
+      // A GetVolume racing the delete may have reopened the image (it takes no lock): drop that too.
+      await images.close(volume.uid);
     } finally {
       release();
     }
