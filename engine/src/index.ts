@@ -7,3 +7,4 @@ export * from "./core/index.js";
 export * from "./ops/index.js";
 export { RAW_LIMITS, rawDriver } from "./formats/raw/index.js";
 export { driverFor } from "./formats/registry.js";
+export { createStreamOptimizedWriter, inspectVmdk, vmdkDriver, writeStreamOptimized } from "./formats/vmdk/index.js";

@@ -2,8 +2,12 @@ import type { BlockDriver } from "../block-image.js";
 import { EngineError } from "../errors.js";
 import type { FormatName } from "../types.js";
 import { rawDriver } from "./raw/index.js";
+import { vmdkDriver } from "./vmdk/index.js";
 
-const drivers = new Map<FormatName, BlockDriver>([["raw", rawDriver]]);
+const drivers = new Map<FormatName, BlockDriver>([
+  ["raw", rawDriver],
+  ["vmdk", vmdkDriver],
+]);
 
 /** The driver for a stored format. Formats are never guessed from content here (see the import inspector). */
 export function driverFor(format: FormatName): BlockDriver {
