@@ -14,6 +14,7 @@ import {
   type VolumeServiceServer,
   VolumeServiceService,
 } from "../gen/vdisk/v1/volume.js";
+import { VmdkSubformat } from "../gen/vdisk/v1/volume_types.js";
 import type { JobContext } from "../jobs/job-runner.js";
 import { validateVolumeName } from "../pool/names.js";
 import { type CallContext, clientStream, failingStream, serverStream, unary } from "../rpc/adapt.js";
@@ -35,8 +36,12 @@ interface CreateSpec {
   allocationBytes: number | undefined;
   backingVolume: string | undefined;
   clusterSize: number;
+  /** vmdk only: zeroed-grain table entries. */
+  vmdk: { subformat: "monolithicSparse"; zeroedGrain: boolean } | undefined;
   labels: Record<string, string>;
 }
+
+const VMDK_DEFAULT_GRAIN = 64 * 1024;
 
 export class VolumeService {
   constructor(private readonly ctx: ServiceContext) {}
@@ -181,6 +186,42 @@ export class VolumeService {
           metadata: { field: "cluster_size" },
         });
       }
+    } else if (format === "vmdk") {
+      const invalid = (message: string, reason: string, field: string) =>
+        new EngineError("INVALID_ARGUMENT", message, { reason, metadata: { field } });
+      if (preallocation !== "off")
+        throw invalid(
+          "vmdk volumes support only preallocation OFF (as in QEMU)",
+          "INVALID_PREALLOCATION",
+          "preallocation",
+        );
+      if (backingVolume !== undefined)
+        throw invalid(
+          "vmdk volumes cannot have a backing volume (use qcow2)",
+          "BACKING_NOT_SUPPORTED",
+          "backing_volume",
+        );
+      if (allocationBytes !== undefined)
+        throw invalid("vmdk volumes have no upfront allocation", "INVALID_ALLOCATION", "allocation_bytes");
+      if (req.vmdk?.subformat === VmdkSubformat.VMDK_SUBFORMAT_STREAM_OPTIMIZED) {
+        throw invalid(
+          "streamOptimized is a transport format and read-only here; use ExportVolume",
+          "INVALID_SUBFORMAT",
+          "vmdk.subformat",
+        );
+      }
+      if (
+        req.clusterSize !== 0 &&
+        (req.clusterSize < 4096 ||
+          req.clusterSize > 1024 * 1024 ||
+          (req.clusterSize & (req.clusterSize - 1)) !== 0)
+      ) {
+        throw invalid(
+          "vmdk grain size must be a power of two from 4 KiB to 1 MiB",
+          "INVALID_CLUSTER_SIZE",
+          "cluster_size",
+        );
+      }
     } else {
       throw unimplemented(
         `CreateVolume for ${format}`,
@@ -196,7 +237,11 @@ export class VolumeService {
       preallocation,
       allocationBytes,
       backingVolume,
-      clusterSize: req.clusterSize,
+      clusterSize: format === "vmdk" ? req.clusterSize || VMDK_DEFAULT_GRAIN : req.clusterSize,
+      vmdk:
+        format === "vmdk"
+          ? { subformat: "monolithicSparse", zeroedGrain: req.vmdk?.zeroedGrain === true }
+          : undefined,
       labels,
     };
   }
@@ -213,7 +258,10 @@ export class VolumeService {
       backingVolume: spec.backingVolume,
       clusterSize: spec.clusterSize,
       preallocation: spec.preallocation,
-      options: spec.allocationBytes === undefined ? {} : { allocationBytes: spec.allocationBytes },
+      options: {
+        ...(spec.allocationBytes === undefined ? {} : { allocationBytes: spec.allocationBytes }),
+        ...(spec.vmdk === undefined ? {} : { vmdk: spec.vmdk }),
+      },
       labels: spec.labels,
       createTime: now,
       updateTime: now,
@@ -234,6 +282,8 @@ export class VolumeService {
           size: spec.capacity,
           prealloc,
           ...(spec.allocationBytes === undefined ? {} : { preallocBytes: spec.allocationBytes }),
+          ...(spec.clusterSize === 0 ? {} : { clusterSize: spec.clusterSize }),
+          ...(spec.vmdk === undefined ? {} : { vmdk: spec.vmdk }),
           signal: job.signal,
           onProgress: (done, total, phase) => job.progress(done, total, phase ?? "preallocating"),
         });
@@ -384,6 +434,7 @@ function hashSpec(spec: CreateSpec): string {
     spec.allocationBytes ?? null,
     spec.backingVolume ?? null,
     spec.clusterSize,
+    spec.vmdk ?? null,
     Object.entries(spec.labels),
   ]);
   return createHash("sha256").update(canonical).digest("hex");
