@@ -31,6 +31,7 @@ const definition = {
   Fail: method("Fail", false, false),
   Many: method("Many", false, true),
   Sum: method("Sum", true, false),
+  Slow: method("Slow", false, true),
 } as unknown as ServiceDefinition;
 
 const seen: { reason: EngineError | undefined; produced: number } = { reason: undefined, produced: 0 };
@@ -62,6 +63,12 @@ beforeAll(async () => {
       for (let i = 0; i < 10_000 && !ctx.signal.aborted; i++) {
         seen.produced = i + 1;
         yield Buffer.alloc(64 * 1024, i % 256);
+      }
+    }),
+    Slow: serverStream(env, "Slow", async function* (_req: Buffer, ctx) {
+      for (let i = 0; i < 100 && !ctx.signal.aborted; i++) {
+        yield Buffer.from([i]);
+        await new Promise((r) => setTimeout(r, 20));
       }
     }),
     Sum: clientStream(env, "Sum", async (requests: AsyncIterable<Buffer>) => {
@@ -180,5 +187,23 @@ describe("rpc adapters", () => {
       call.end();
     });
     expect(res.toString()).toBe("100000");
+  });
+
+  // Last: it fires the shared shutdown signal.
+  it("ends a stream cut short by shutdown with an error, never OK", async () => {
+    const stream = client.Slow?.(Buffer.from("x"), new Metadata(), {}) as NodeJS.ReadableStream;
+    let received = 0;
+    const outcome = new Promise<ServiceError | "ok">((resolve) => {
+      stream.on("data", () => {
+        received++;
+        if (received === 3) shutdown.abort();
+      });
+      stream.on("error", (err: ServiceError) => resolve(err));
+      stream.on("end", () => resolve("ok"));
+    });
+    const result = await outcome;
+    expect(result).not.toBe("ok");
+    expect((result as ServiceError).code).toBe(status.CANCELLED);
+    expect(received).toBeLessThan(100);
   });
 });

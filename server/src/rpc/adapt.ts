@@ -139,7 +139,9 @@ export function serverStream<Req, Res>(
         // queueing unboundedly (grpc-node#1332). The signal ends the wait if the client goes away.
         if (!call.write(message)) await once(call, "drain", { signal });
       }
-      if (signal.aborted && call.cancelled) return;
+      // A stream cut short (shutdown, deadline) must not end with OK: the client would take a partial
+      // read or map for a complete one. Throwing sends the abort reason as the status.
+      if (signal.aborted) throw signal.reason;
       call.end();
     })()
       .catch((err: unknown) => {
