@@ -117,20 +117,11 @@ describe("input validation", () => {
 
   it("answers UNIMPLEMENTED with what is missing", async () => {
     const err = await expectStatus(
-      collect(
-        h.volumes.resizeVolume({
-          name: "x",
-          capacityBytes: 1n,
-          allowShrink: false,
-          preallocation: 0,
-          requestId: "",
-          cancelOnDisconnect: false,
-        }),
-      ),
+      collect(h.volumes.checkVolume({ name: "x", repair: 0, requestId: "", cancelOnDisconnect: false })),
       status.UNIMPLEMENTED,
       "NOT_IMPLEMENTED",
     );
-    expect(err.details).toMatch(/^ResizeVolume is not implemented yet \(/);
+    expect(err.details).toMatch(/^CheckVolume is not implemented yet \(/);
     await expectStatus(
       createVolume(h, "q", { format: VolumeFormat.VOLUME_FORMAT_QCOW2 }),
       status.UNIMPLEMENTED,
@@ -595,5 +586,50 @@ describe("vmdk volumes", () => {
       status.INVALID_ARGUMENT,
       "INVALID_SUBFORMAT",
     );
+  });
+});
+
+describe("resize", () => {
+  const resize = (
+    name: string,
+    capacity: number,
+    extra: { allowShrink?: boolean; preallocation?: Preallocation } = {},
+  ) =>
+    collect(
+      h.volumes.resizeVolume({
+        name,
+        capacityBytes: BigInt(capacity),
+        allowShrink: extra.allowShrink ?? false,
+        preallocation: extra.preallocation ?? Preallocation.PREALLOCATION_OFF,
+        requestId: "",
+        cancelOnDisconnect: false,
+      }),
+    );
+
+  it("grows with preallocation, refuses an unasked shrink, shrinks when allowed", async () => {
+    await createVolume(h, "growing", { capacityBytes: BigInt(MIB) });
+    const events = await resize("growing", 3 * MIB, { preallocation: Preallocation.PREALLOCATION_FULL });
+    const last = events[events.length - 1]?.job;
+    expect(last?.state).toBe(JobState.JOB_STATE_SUCCEEDED);
+    expect(last?.result?.result?.$case === "volume" && last.result.result.volume.capacityBytes).toBe(
+      BigInt(3 * MIB),
+    );
+    const { volume } = await call(h.volumes, h.volumes.getVolume, { name: "growing" });
+    expect(volume?.capacityBytes).toBe(BigInt(3 * MIB));
+    expect(volume?.allocationBytes).toBe(BigInt(2 * MIB));
+
+    await expectStatus(resize("growing", MIB), status.INVALID_ARGUMENT, "SHRINK_NOT_ALLOWED");
+    await resize("growing", 512 * 1024, { allowShrink: true });
+    const { volume: shrunk } = await call(h.volumes, h.volumes.getVolume, { name: "growing" });
+    expect(shrunk?.capacityBytes).toBe(512n * 1024n);
+    expect(fs.statSync(path.join(h.pool, "growing.raw")).size).toBe(512 * 1024);
+    await expectStatus(read({ name: "growing", offset: BigInt(MIB), length: 1n }), status.OUT_OF_RANGE);
+  });
+
+  it("validates the request", async () => {
+    await expectStatus(resize("ghost", MIB), status.NOT_FOUND);
+    await expectStatus(resize("growing", 0), status.INVALID_ARGUMENT, "INVALID_CAPACITY");
+    await expectStatus(resize("growing", MAX_CAPACITY + 1), status.INVALID_ARGUMENT, "CAPACITY_ABOVE_LIMIT");
+    await expectStatus(resize("disk-vmdk", 32 * MIB), status.UNIMPLEMENTED, "NOT_IMPLEMENTED");
   });
 });

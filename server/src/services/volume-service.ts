@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from "node:crypto";
 import type { Server } from "@grpc/grpc-js";
-import { EngineError, type FormatName, type PreallocMode } from "@vdisk/engine";
+import { EngineError, type FormatName, flushImage, type PreallocMode, truncateImage } from "@vdisk/engine";
 import type { JobRecord, VolumeRecord } from "../catalog/catalog.js";
 import type { JobEvent } from "../gen/vdisk/v1/job.js";
 import {
@@ -11,6 +11,7 @@ import {
   type GetVolumeResponse,
   type ListVolumesRequest,
   type ListVolumesResponse,
+  type ResizeVolumeRequest,
   type VolumeServiceServer,
   VolumeServiceService,
 } from "../gen/vdisk/v1/volume.js";
@@ -20,7 +21,7 @@ import { validateVolumeName } from "../pool/names.js";
 import { type CallContext, clientStream, failingStream, serverStream, unary } from "../rpc/adapt.js";
 import { formatFromWire, preallocFromWire, toNumber } from "../rpc/convert.js";
 import { unimplemented } from "../rpc/errors.js";
-import { requireVolume, type ServiceContext } from "./context.js";
+import { requireReadyVolume, requireVolume, type ServiceContext } from "./context.js";
 import { jobEvent, volumeMessage } from "./volume-messages.js";
 
 const DEFAULT_PAGE_SIZE = 100;
@@ -55,8 +56,8 @@ export class VolumeService {
       getVolume: unary(env, "GetVolume", (req: GetVolumeRequest, call) => this.getVolume(req, call)),
       listVolumes: unary(env, "ListVolumes", (req: ListVolumesRequest, call) => this.listVolumes(req, call)),
       deleteVolume: unary(env, "DeleteVolume", (req: DeleteVolumeRequest) => this.deleteVolume(req)),
-      resizeVolume: serverStream(env, "ResizeVolume", () =>
-        failingStream(unimplemented("ResizeVolume", "issue 4: jobs beyond create")),
+      resizeVolume: serverStream(env, "ResizeVolume", (req: ResizeVolumeRequest, call) =>
+        this.resizeVolume(req, call),
       ),
       cloneVolume: serverStream(env, "CloneVolume", () =>
         failingStream(unimplemented("CloneVolume", "needs the qcow2 driver and copy jobs")),
@@ -338,6 +339,92 @@ export class VolumeService {
       catalog.deleteVolume(spec.name);
       throw err;
     }
+  }
+
+  async *resizeVolume(req: ResizeVolumeRequest, call: CallContext): AsyncGenerator<JobEvent> {
+    const { catalog, jobs, images, log } = this.ctx;
+    const requestId = req.requestId === "" ? undefined : req.requestId;
+    let job: JobRecord | undefined = requestId === undefined ? undefined : jobs.get(requestId, true);
+    if (job !== undefined && (job.kind !== "RESIZE_VOLUME" || job.volume !== req.name)) {
+      throw new EngineError("INVALID_ARGUMENT", "request_id was already used for a different request", {
+        reason: "REQUEST_ID_REUSED",
+        metadata: { job: job.id },
+      });
+    }
+    if (job === undefined) {
+      const volume = requireReadyVolume(catalog, req.name);
+      if (volume.format !== "raw")
+        throw unimplemented(`ResizeVolume for ${volume.format}`, "only raw volumes can be resized so far");
+      const requested = toNumber(req.capacityBytes, "capacity_bytes");
+      if (requested <= 0 || requested > this.ctx.maxCapacity) {
+        throw new EngineError(
+          "INVALID_ARGUMENT",
+          `capacity_bytes must be between 1 and ${this.ctx.maxCapacity}`,
+          {
+            reason: requested <= 0 ? "INVALID_CAPACITY" : "CAPACITY_ABOVE_LIMIT",
+            metadata: { field: "capacity_bytes" },
+          },
+        );
+      }
+      const newSize = Math.ceil(requested / 512) * 512;
+      const prealloc = preallocFromWire(req.preallocation);
+      if (prealloc === "metadata") {
+        throw new EngineError("INVALID_ARGUMENT", "raw volumes support preallocation OFF, FALLOC or FULL", {
+          reason: "INVALID_PREALLOCATION",
+          metadata: { field: "preallocation" },
+        });
+      }
+      const oldSize = volume.capacity;
+      if (newSize < oldSize && !req.allowShrink) {
+        throw new EngineError(
+          "INVALID_ARGUMENT",
+          "the new capacity is smaller; set allow_shrink to discard the data past it",
+          {
+            reason: "SHRINK_NOT_ALLOWED",
+            metadata: { field: "allow_shrink" },
+          },
+        );
+      }
+      if (newSize < oldSize && prealloc !== "off") {
+        throw new EngineError("INVALID_ARGUMENT", "shrinking takes no preallocation mode", {
+          reason: "INVALID_PREALLOCATION",
+        });
+      }
+      job = jobs.submit({
+        kind: "RESIZE_VOLUME",
+        volume: volume.name,
+        ...(requestId === undefined ? {} : { requestId }),
+        locks: [{ volume: volume.name, mode: "exclusive" }],
+        totalBytes: newSize > oldSize && prealloc !== "off" ? newSize - oldSize : 0,
+        run: async (ctx) => {
+          const image = await images.get(volume);
+          try {
+            await truncateImage(image, newSize, {
+              prealloc,
+              signal: ctx.signal,
+              onProgress: (done, total, phase) => ctx.progress(done, total, phase ?? "preallocating"),
+            });
+            await flushImage(image);
+          } catch (err) {
+            // A grow cut short must not leave the file longer than the recorded capacity: raw capacity is
+            // the file size, so a partial preallocation would silently change it at the next open.
+            if (newSize > oldSize) await truncateImage(image, oldSize, { prealloc: "off" }).catch(() => {});
+            throw err;
+          }
+          catalog.updateVolume(volume.name, { capacity: image.virtualSize });
+          log.info({ volume: volume.name, from: oldSize, to: image.virtualSize }, "resized volume");
+        },
+      }).job;
+    }
+    const jobId = job.id;
+    if (req.cancelOnDisconnect) {
+      call.signal.addEventListener("abort", () => {
+        const reason = call.signal.reason as EngineError | undefined;
+        if (reason?.reason === "CLIENT_CANCELLED" || reason?.reason === "DEADLINE") jobs.cancel(jobId);
+      });
+    }
+    for await (const snapshot of jobs.watch(jobId, call.signal))
+      yield await jobEvent(this.ctx, snapshot, call.signal);
   }
 
   async getVolume(req: GetVolumeRequest, call: CallContext): Promise<GetVolumeResponse> {
