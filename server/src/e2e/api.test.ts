@@ -632,4 +632,33 @@ describe("resize", () => {
     await expectStatus(resize("growing", MAX_CAPACITY + 1), status.INVALID_ARGUMENT, "CAPACITY_ABOVE_LIMIT");
     await expectStatus(resize("disk-vmdk", 32 * MIB), status.UNIMPLEMENTED, "NOT_IMPLEMENTED");
   });
+
+  it("rolls a cancelled grow back to the old size", async () => {
+    await createVolume(h, "rollback", { capacityBytes: BigInt(MIB) });
+    const stream = h.volumes.resizeVolume({
+      name: "rollback",
+      capacityBytes: 1024n ** 3n,
+      allowShrink: false,
+      preallocation: Preallocation.PREALLOCATION_FULL,
+      requestId: "",
+      cancelOnDisconnect: false,
+    });
+    const events: JobEvent[] = [];
+    const ended = new Promise<void>((resolve, reject) => {
+      stream.on("end", resolve);
+      stream.on("error", reject);
+    });
+    const id = await new Promise<string>((resolve) => {
+      stream.on("data", (event: JobEvent) => {
+        events.push(event);
+        if (event.job?.state === JobState.JOB_STATE_RUNNING) resolve(event.job.id);
+      });
+    });
+    await call(h.jobs, h.jobs.cancelJob, { id });
+    await ended;
+    expect(events[events.length - 1]?.job?.state).toBe(JobState.JOB_STATE_CANCELLED);
+    const { volume } = await call(h.volumes, h.volumes.getVolume, { name: "rollback" });
+    expect(volume?.capacityBytes).toBe(BigInt(MIB));
+    expect(fs.statSync(path.join(h.pool, "rollback.raw")).size).toBe(MIB);
+  });
 });

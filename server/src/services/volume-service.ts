@@ -1,4 +1,5 @@
 import { createHash, randomUUID } from "node:crypto";
+import { open } from "node:fs/promises";
 import type { Server } from "@grpc/grpc-js";
 import { EngineError, type FormatName, flushImage, type PreallocMode, truncateImage } from "@vdisk/engine";
 import type { JobRecord, VolumeRecord } from "../catalog/catalog.js";
@@ -408,7 +409,15 @@ export class VolumeService {
           } catch (err) {
             // A grow cut short must not leave the file longer than the recorded capacity: raw capacity is
             // the file size, so a partial preallocation would silently change it at the next open.
-            if (newSize > oldSize) await truncateImage(image, oldSize, { prealloc: "off" }).catch(() => {});
+            // The image still believes in the old size (it changes only after a complete truncate), so the
+            // file is cut back directly, with the image closed; raw is the only format resized here.
+            if (newSize > oldSize) {
+              await images.close(volume.uid).catch(() => {});
+              await cutBack(this.ctx.pool.volumePath(volume.name, volume.format), oldSize).catch(
+                (truncErr: unknown) =>
+                  log.error({ err: truncErr, volume: volume.name }, "could not roll back a failed grow"),
+              );
+            }
             throw err;
           }
           catalog.updateVolume(volume.name, { capacity: image.virtualSize });
@@ -541,4 +550,15 @@ function decodePageToken(token: string): string {
   throw new EngineError("INVALID_ARGUMENT", "page_token is not a token this server issued", {
     reason: "INVALID_PAGE_TOKEN",
   });
+}
+
+/** Truncates a file to `size` and makes the new size durable. */
+async function cutBack(file: string, size: number): Promise<void> {
+  const handle = await open(file, "r+");
+  try {
+    await handle.truncate(size);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
 }
