@@ -1,5 +1,4 @@
 import { createHash, randomUUID } from "node:crypto";
-import { open } from "node:fs/promises";
 import type { Server } from "@grpc/grpc-js";
 import { EngineError, type FormatName, flushImage, type PreallocMode, truncateImage } from "@vdisk/engine";
 import type { JobRecord, VolumeRecord } from "../catalog/catalog.js";
@@ -413,10 +412,11 @@ export class VolumeService {
             // file is cut back directly, with the image closed; raw is the only format resized here.
             if (newSize > oldSize) {
               await images.close(volume.uid).catch(() => {});
-              await cutBack(this.ctx.pool.volumePath(volume.name, volume.format), oldSize).catch(
-                (truncErr: unknown) =>
+              await this.ctx.pool
+                .truncateFile(this.ctx.pool.volumePath(volume.name, volume.format), oldSize)
+                .catch((truncErr: unknown) =>
                   log.error({ err: truncErr, volume: volume.name }, "could not roll back a failed grow"),
-              );
+                );
             }
             throw err;
           }
@@ -550,15 +550,4 @@ function decodePageToken(token: string): string {
   throw new EngineError("INVALID_ARGUMENT", "page_token is not a token this server issued", {
     reason: "INVALID_PAGE_TOKEN",
   });
-}
-
-/** Truncates a file to `size` and makes the new size durable. */
-async function cutBack(file: string, size: number): Promise<void> {
-  const handle = await open(file, "r+");
-  try {
-    await handle.truncate(size);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
