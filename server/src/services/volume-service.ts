@@ -1,6 +1,14 @@
 import { createHash, randomUUID } from "node:crypto";
 import type { Server } from "@grpc/grpc-js";
-import { EngineError, type FormatName, flushImage, type PreallocMode, truncateImage } from "@vdisk/engine";
+import {
+  type BackingLink,
+  type BlockImage,
+  EngineError,
+  type FormatName,
+  flushImage,
+  type PreallocMode,
+  truncateImage,
+} from "@vdisk/engine";
 import type { JobRecord, VolumeRecord } from "../catalog/catalog.js";
 import type { JobEvent } from "../gen/vdisk/v1/job.js";
 import {
@@ -15,7 +23,7 @@ import {
   type VolumeServiceServer,
   VolumeServiceService,
 } from "../gen/vdisk/v1/volume.js";
-import { VmdkSubformat } from "../gen/vdisk/v1/volume_types.js";
+import { Qcow2Compat, VmdkSubformat } from "../gen/vdisk/v1/volume_types.js";
 import type { JobContext } from "../jobs/job-runner.js";
 import { validateVolumeName } from "../pool/names.js";
 import { type CallContext, clientStream, failingStream, serverStream, unary } from "../rpc/adapt.js";
@@ -39,8 +47,13 @@ interface CreateSpec {
   clusterSize: number;
   /** vmdk only: zeroed-grain table entries. */
   vmdk: { subformat: "monolithicSparse"; zeroedGrain: boolean } | undefined;
+  qcow2:
+    | { compat: "0.10" | "1.1"; lazyRefcounts: boolean; refcountBits: number; extendedL2: boolean }
+    | undefined;
   labels: Record<string, string>;
 }
+
+const QCOW2_DEFAULT_CLUSTER = 64 * 1024;
 
 const VMDK_DEFAULT_GRAIN = 64 * 1024;
 
@@ -135,7 +148,18 @@ export class VolumeService {
   private validateCreate(req: CreateVolumeRequest): CreateSpec {
     const name = validateVolumeName(req.name);
     const format = formatFromWire(req.format);
-    const capacity = toNumber(req.capacityBytes, "capacity_bytes");
+    const backingVolume =
+      req.backingVolume === "" ? undefined : validateVolumeName(req.backingVolume, "backing_volume");
+    // Only qcow2 takes a backing volume; the other formats reject the field below, whatever it names.
+    const base =
+      backingVolume === undefined || format !== "qcow2"
+        ? undefined
+        : requireReadyVolume(this.ctx.catalog, backingVolume, "backing_volume");
+    // As qemu-img: an overlay created without a size takes its backing volume's.
+    const capacity =
+      req.capacityBytes === 0n && base !== undefined
+        ? base.capacity
+        : toNumber(req.capacityBytes, "capacity_bytes");
     if (capacity <= 0) {
       throw new EngineError("INVALID_ARGUMENT", "capacity_bytes must be greater than 0", {
         reason: "INVALID_CAPACITY",
@@ -161,8 +185,6 @@ export class VolumeService {
         metadata: { field: "allocation_bytes" },
       });
     }
-    const backingVolume =
-      req.backingVolume === "" ? undefined : validateVolumeName(req.backingVolume, "backing_volume");
     const labels = validateLabels(req.labels);
     if (format === "raw") {
       if (preallocation === "metadata") {
@@ -186,6 +208,32 @@ export class VolumeService {
           reason: "INVALID_CLUSTER_SIZE",
           metadata: { field: "cluster_size" },
         });
+      }
+    } else if (format === "qcow2") {
+      const invalid = (message: string, reason: string, field: string) =>
+        new EngineError("INVALID_ARGUMENT", message, { reason, metadata: { field } });
+      if (base !== undefined && preallocation !== "off") {
+        throw invalid(
+          "an overlay cannot be preallocated (its data falls through to the backing volume)",
+          "INVALID_PREALLOCATION",
+          "preallocation",
+        );
+      }
+      const cs = req.clusterSize;
+      if (cs !== 0 && (cs < 512 || cs > 2 * 1024 * 1024 || (cs & (cs - 1)) !== 0)) {
+        throw invalid(
+          "qcow2 cluster size must be a power of two from 512 B to 2 MiB",
+          "INVALID_CLUSTER_SIZE",
+          "cluster_size",
+        );
+      }
+      const bits = req.qcow2?.refcountBits ?? 0;
+      if (bits !== 0 && ![1, 2, 4, 8, 16, 32, 64].includes(bits)) {
+        throw invalid(
+          "refcount_bits must be 1, 2, 4, 8, 16, 32 or 64",
+          "INVALID_REFCOUNT_BITS",
+          "qcow2.refcount_bits",
+        );
       }
     } else if (format === "vmdk") {
       const invalid = (message: string, reason: string, field: string) =>
@@ -238,13 +286,32 @@ export class VolumeService {
       preallocation,
       allocationBytes,
       backingVolume,
-      clusterSize: format === "vmdk" ? req.clusterSize || VMDK_DEFAULT_GRAIN : req.clusterSize,
+      clusterSize:
+        format === "vmdk"
+          ? req.clusterSize || VMDK_DEFAULT_GRAIN
+          : format === "qcow2"
+            ? req.clusterSize || QCOW2_DEFAULT_CLUSTER
+            : req.clusterSize,
+      qcow2:
+        format === "qcow2"
+          ? {
+              compat: req.qcow2?.compat === Qcow2Compat.QCOW2_COMPAT_V2 ? "0.10" : "1.1",
+              lazyRefcounts: req.qcow2?.lazyRefcounts === true,
+              refcountBits: req.qcow2?.refcountBits || 16,
+              extendedL2: req.qcow2?.extendedL2 === true,
+            }
+          : undefined,
       vmdk:
         format === "vmdk"
           ? { subformat: "monolithicSparse", zeroedGrain: req.vmdk?.zeroedGrain === true }
           : undefined,
       labels,
     };
+  }
+
+  private async backingFor(base: VolumeRecord): Promise<{ image: BlockImage; link: BackingLink }> {
+    const image = await this.ctx.images.get(base);
+    return { image, link: { fileName: this.ctx.pool.fileName(base.name, base.format), format: base.format } };
   }
 
   private startCreate(spec: CreateSpec, specHash: string, requestId: string | undefined): JobRecord {
@@ -262,6 +329,7 @@ export class VolumeService {
       options: {
         ...(spec.allocationBytes === undefined ? {} : { allocationBytes: spec.allocationBytes }),
         ...(spec.vmdk === undefined ? {} : { vmdk: spec.vmdk }),
+        ...(spec.qcow2 === undefined ? {} : { qcow2: spec.qcow2 }),
       },
       labels: spec.labels,
       createTime: now,
@@ -275,6 +343,11 @@ export class VolumeService {
     const driver = engine.driverFor(spec.format);
 
     const work = async (job: JobContext): Promise<void> => {
+      // The overlay names its backing by pool file name (relative, as qemu-img writes it), never by path.
+      const backing =
+        spec.backingVolume === undefined
+          ? undefined
+          : await this.backingFor(requireReadyVolume(catalog, spec.backingVolume, "backing_volume"));
       const temp = pool.tempPath(spec.name, spec.format);
       const file = await engine.openHostFile(temp, { readOnly: false, create: "new" });
       try {
@@ -285,6 +358,8 @@ export class VolumeService {
           ...(spec.allocationBytes === undefined ? {} : { preallocBytes: spec.allocationBytes }),
           ...(spec.clusterSize === 0 ? {} : { clusterSize: spec.clusterSize }),
           ...(spec.vmdk === undefined ? {} : { vmdk: spec.vmdk }),
+          ...(spec.qcow2 === undefined ? {} : { qcow2: spec.qcow2 }),
+          ...(backing === undefined ? {} : { backing }),
           signal: job.signal,
           onProgress: (done, total, phase) => job.progress(done, total, phase ?? "preallocating"),
         });
@@ -319,7 +394,13 @@ export class VolumeService {
         kind: "CREATE_VOLUME",
         volume: spec.name,
         ...(requestId === undefined ? {} : { requestId }),
-        locks: [{ volume: spec.name, mode: "exclusive" }],
+        // The backing volume is held shared, so it can't be deleted or resized under the new overlay.
+        locks: [
+          { volume: spec.name, mode: "exclusive" },
+          ...(spec.backingVolume === undefined
+            ? []
+            : [{ volume: spec.backingVolume, mode: "shared" as const }]),
+        ],
         totalBytes,
         run: async (job) => {
           try {
@@ -531,6 +612,7 @@ function hashSpec(spec: CreateSpec): string {
     spec.backingVolume ?? null,
     spec.clusterSize,
     spec.vmdk ?? null,
+    spec.qcow2 ?? null,
     Object.entries(spec.labels),
   ]);
   return createHash("sha256").update(canonical).digest("hex");
