@@ -4,7 +4,8 @@ import { credentials, status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Preallocation, VolumeFormat, ZeroDetection } from "../gen/vdisk/v1/common.js";
 import type { ReadVolumeRequest, WriteVolumeRequest, WriteVolumeResponse } from "../gen/vdisk/v1/data.js";
-import { type JobEvent, JobState } from "../gen/vdisk/v1/job.js";
+import { type JobEvent, JobKind, JobState } from "../gen/vdisk/v1/job.js";
+import { CloneMode } from "../gen/vdisk/v1/volume.js";
 import { Qcow2Compat, VmdkSubformat, VolumeState } from "../gen/vdisk/v1/volume_types.js";
 import {
   call,
@@ -741,5 +742,42 @@ describe("qcow2 volumes", () => {
     });
     const { volume } = await call(h.volumes, h.volumes.getVolume, { name: "q-meta" });
     expect(volume?.preallocation).toBe(Preallocation.PREALLOCATION_METADATA);
+  });
+
+  it("clones LINKED as a qcow2 overlay (also over a raw source); FULL is not there yet", async () => {
+    const clone = (source: string, name: string, mode: CloneMode) =>
+      collect(
+        h.volumes.cloneVolume({
+          source,
+          name,
+          mode,
+          format: 0,
+          preallocation: 0,
+          clusterSize: 0,
+          qcow2: undefined,
+          vmdk: undefined,
+          labels: { clone: "yes" },
+          requestId: "",
+          cancelOnDisconnect: false,
+        }),
+      );
+    await createVolume(h, "raw-src", { capacityBytes: BigInt(MIB) });
+    const payload = Buffer.alloc(4096, 0x77);
+    await write([open("raw-src"), chunk(8192, payload)]);
+    const events = await clone("raw-src", "raw-clone", CloneMode.CLONE_MODE_LINKED);
+    const last = events[events.length - 1]?.job;
+    expect(last?.state).toBe(JobState.JOB_STATE_SUCCEEDED);
+    expect(last?.kind).toBe(JobKind.JOB_KIND_CLONE_VOLUME);
+    const [first] = await read({ name: "raw-clone", offset: 8192n, length: 4096n });
+    expect(first?.payload?.$case === "chunk" && first.payload.chunk.data.equals(payload)).toBe(true);
+    const { volume } = await call(h.volumes, h.volumes.getVolume, { name: "raw-clone" });
+    expect(volume).toMatchObject({
+      format: VolumeFormat.VOLUME_FORMAT_QCOW2,
+      backingVolume: "raw-src",
+      capacityBytes: BigInt(MIB),
+      labels: { clone: "yes" },
+    });
+    await expectStatus(clone("raw-src", "full-clone", CloneMode.CLONE_MODE_FULL), status.UNIMPLEMENTED);
+    await expectStatus(clone("ghost", "c", CloneMode.CLONE_MODE_LINKED), status.NOT_FOUND);
   });
 });

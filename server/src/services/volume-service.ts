@@ -10,8 +10,11 @@ import {
   truncateImage,
 } from "@vdisk/engine";
 import type { JobRecord, VolumeRecord } from "../catalog/catalog.js";
+import { VolumeFormat } from "../gen/vdisk/v1/common.js";
 import type { JobEvent } from "../gen/vdisk/v1/job.js";
 import {
+  CloneMode,
+  type CloneVolumeRequest,
   type CreateVolumeRequest,
   type DeleteVolumeRequest,
   type DeleteVolumeResponse,
@@ -72,8 +75,8 @@ export class VolumeService {
       resizeVolume: serverStream(env, "ResizeVolume", (req: ResizeVolumeRequest, call) =>
         this.resizeVolume(req, call),
       ),
-      cloneVolume: serverStream(env, "CloneVolume", () =>
-        failingStream(unimplemented("CloneVolume", "needs the qcow2 driver and copy jobs")),
+      cloneVolume: serverStream(env, "CloneVolume", (req: CloneVolumeRequest, call) =>
+        this.cloneVolume(req, call),
       ),
       checkVolume: serverStream(env, "CheckVolume", () =>
         failingStream(unimplemented("CheckVolume", "issue 4: jobs beyond create")),
@@ -88,7 +91,11 @@ export class VolumeService {
     server.addService(VolumeServiceService, impl);
   }
 
-  async *createVolume(req: CreateVolumeRequest, call: CallContext): AsyncGenerator<JobEvent> {
+  async *createVolume(
+    req: CreateVolumeRequest,
+    call: CallContext,
+    kind: "CREATE_VOLUME" | "CLONE_VOLUME" = "CREATE_VOLUME",
+  ): AsyncGenerator<JobEvent> {
     const spec = this.validateCreate(req);
     const specHash = hashSpec(spec);
     const requestId = req.requestId === "" ? undefined : req.requestId;
@@ -98,7 +105,7 @@ export class VolumeService {
     if (requestId !== undefined) {
       const previous = jobs.get(requestId, true);
       if (previous !== undefined) {
-        if (previous.kind !== "CREATE_VOLUME" || previous.volume !== spec.name) {
+        if (previous.kind !== kind || previous.volume !== spec.name) {
           throw new EngineError("INVALID_ARGUMENT", "request_id was already used for a different request", {
             reason: "REQUEST_ID_REUSED",
             metadata: { job: previous.id },
@@ -120,7 +127,7 @@ export class VolumeService {
             },
           );
         }
-        const latest = catalog.latestJob(spec.name, "CREATE_VOLUME");
+        const latest = catalog.latestJob(spec.name, kind);
         job = latest === undefined ? undefined : jobs.get(latest.id);
         if (job === undefined) {
           // Same spec, but the creating job is gone (e.g. imported by an operator): the volume is the answer.
@@ -130,7 +137,7 @@ export class VolumeService {
           });
         }
       } else {
-        job = this.startCreate(spec, specHash, requestId);
+        job = this.startCreate(spec, specHash, requestId, kind);
       }
     }
 
@@ -314,7 +321,12 @@ export class VolumeService {
     return { image, link: { fileName: this.ctx.pool.fileName(base.name, base.format), format: base.format } };
   }
 
-  private startCreate(spec: CreateSpec, specHash: string, requestId: string | undefined): JobRecord {
+  private startCreate(
+    spec: CreateSpec,
+    specHash: string,
+    requestId: string | undefined,
+    kind: "CREATE_VOLUME" | "CLONE_VOLUME",
+  ): JobRecord {
     const { catalog, pool, jobs, engine, log } = this.ctx;
     const now = Date.now();
     const record: VolumeRecord = {
@@ -391,7 +403,7 @@ export class VolumeService {
     catalog.insertVolume(record);
     try {
       return jobs.submit({
-        kind: "CREATE_VOLUME",
+        kind,
         volume: spec.name,
         ...(requestId === undefined ? {} : { requestId }),
         // The backing volume is held shared, so it can't be deleted or resized under the new overlay.
@@ -420,6 +432,57 @@ export class VolumeService {
       catalog.deleteVolume(spec.name);
       throw err;
     }
+  }
+
+  /**
+   * LINKED: a new qcow2 overlay whose backing is the source — exactly a CreateVolume of a qcow2 with
+   * backing_volume = source and the source's capacity, recorded as a CLONE_VOLUME job.
+   */
+  cloneVolume(req: CloneVolumeRequest, call: CallContext): AsyncGenerator<JobEvent> {
+    if (req.mode === CloneMode.CLONE_MODE_FULL) {
+      throw unimplemented(
+        "CloneVolume FULL",
+        "copy jobs over the engine's copyImage are not wired into the server yet",
+      );
+    }
+    if (req.mode !== CloneMode.CLONE_MODE_LINKED) {
+      throw new EngineError("INVALID_ARGUMENT", "mode is required (LINKED or FULL)", {
+        reason: "INVALID_CLONE_MODE",
+        metadata: { field: "mode" },
+      });
+    }
+    if (
+      req.format !== VolumeFormat.VOLUME_FORMAT_UNSPECIFIED &&
+      req.format !== VolumeFormat.VOLUME_FORMAT_QCOW2
+    ) {
+      throw new EngineError(
+        "INVALID_ARGUMENT",
+        "a linked clone is a qcow2 overlay; format must be QCOW2 or unset",
+        {
+          reason: "INVALID_FORMAT",
+          metadata: { field: "format" },
+        },
+      );
+    }
+    validateVolumeName(req.source, "source");
+    return this.createVolume(
+      {
+        name: req.name,
+        format: VolumeFormat.VOLUME_FORMAT_QCOW2,
+        capacityBytes: 0n,
+        preallocation: req.preallocation,
+        allocationBytes: undefined,
+        backingVolume: req.source,
+        clusterSize: req.clusterSize,
+        qcow2: req.qcow2,
+        vmdk: undefined,
+        labels: req.labels,
+        requestId: req.requestId,
+        cancelOnDisconnect: req.cancelOnDisconnect,
+      },
+      call,
+      "CLONE_VOLUME",
+    );
   }
 
   async *resizeVolume(req: ResizeVolumeRequest, call: CallContext): AsyncGenerator<JobEvent> {
