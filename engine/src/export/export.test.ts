@@ -67,11 +67,12 @@ function expectSparsenessKept(
   sourceFormat: string,
   target: string,
   targetFormat: string,
+  granularity = 65536,
 ): void {
   const sourceData = qemuMap(source, sourceFormat).filter((e) => e.data);
   for (const extent of qemuMap(target, targetFormat).filter((e) => e.data)) {
-    for (let at = extent.start; at < extent.start + extent.length; at += 65536) {
-      const end = Math.min(at + 65536, extent.start + extent.length);
+    for (let at = extent.start; at < extent.start + extent.length; at += granularity) {
+      const end = Math.min(at + granularity, extent.start + extent.length);
       const covered = sourceData.some((s) => s.start < end && s.start + s.length > at);
       expect(covered, `${target}: data at ${at} where ${source} has none`).toBe(true);
     }
@@ -215,5 +216,74 @@ describe("export details", () => {
     } finally {
       await image.close();
     }
+  });
+});
+
+describe("qcow2 export geometry", () => {
+  beforeAll(() => {
+    // Runs that cross L2 table boundaries once clusters are small (4 KiB clusters: one table per 2 MiB).
+    ok("qemu-img", ["create", "-f", "qcow2", p("wide.qcow2"), "6M"]);
+    const writes = [
+      "write -P 0x44 2040k 16k",
+      "write -z 3M 2M",
+      "write -P 0x55 4092k 12k",
+      "write -P 0x66 6140k 4k",
+    ];
+    ok("qemu-io", ["-f", "qcow2", ...writes.flatMap((w) => ["-c", w]), p("wide.qcow2")]);
+  });
+
+  test.each([
+    [4096, false],
+    [4096, true],
+    [512, false],
+    [512, true],
+    [2 * 1024 * 1024, false],
+  ] as const)("cluster size %i (compressed: %s): runs across L2 tables", async (clusterSize, compress) => {
+    const file = await openHostFile(p("wide.qcow2"), { readOnly: true });
+    const image = await qcow2Driver.open(file, { readOnly: true });
+    const out = p(`wide-${clusterSize}-${compress}.qcow2`);
+    try {
+      if (compress) {
+        const staging = await openHostFile(`${out}.staging`, { readOnly: false, create: "new" });
+        await writePieces(exportQcow2(image, { clusterSize, compress, staging }), out);
+        await staging.close();
+      } else {
+        await writePieces(exportQcow2(image, { clusterSize, chunkSize: 3 * clusterSize }), out);
+      }
+    } finally {
+      await image.close();
+    }
+    const check = run("qemu-img", ["check", out]);
+    expect(check.code, check.stdout + check.stderr).toBe(0);
+    const compare = run("qemu-img", ["compare", "-F", "qcow2", p("wide.qcow2"), out]);
+    expect(compare.code, compare.stdout + compare.stderr).toBe(0);
+    expectSparsenessKept(p("wide.qcow2"), "qcow2", out, "qcow2", Math.max(65536, clusterSize));
+  });
+
+  test("a backing chain is exported flattened", async () => {
+    ok("qemu-img", ["create", "-f", "qcow2", "-b", p("wide.qcow2"), "-F", "qcow2", p("top.qcow2")]);
+    ok("qemu-io", ["-f", "qcow2", "-c", "write -P 0x77 0 8k", "-c", "write -z 2044k 8k", p("top.qcow2")]);
+    const base = await qcow2Driver.open(await openHostFile(p("wide.qcow2"), { readOnly: true }), {
+      readOnly: true,
+    });
+    const top = await qcow2Driver.open(await openHostFile(p("top.qcow2"), { readOnly: true }), {
+      readOnly: true,
+      backing: base,
+    });
+    try {
+      await writePieces(exportQcow2(top, {}), p("flat.qcow2"));
+      await writePieces(exportRaw(top, {}), p("flat.raw"));
+    } finally {
+      await top.close();
+      await base.close();
+    }
+    for (const [path, format] of [
+      [p("flat.qcow2"), "qcow2"],
+      [p("flat.raw"), "raw"],
+    ] as const) {
+      const compare = run("qemu-img", ["compare", "-F", format, p("top.qcow2"), path]);
+      expect(compare.code, compare.stdout + compare.stderr).toBe(0);
+    }
+    expect(ok("qemu-img", ["info", "--output=json", p("flat.qcow2")])).not.toContain("backing");
   });
 });

@@ -11,8 +11,7 @@ import type { HostFile } from "../host/host-file.js";
 import { clusterRuns, usedL2Tables } from "./cluster-runs.js";
 import { DEFAULT_CHUNK_SIZE, type ExportPiece } from "./pieces.js";
 import type { Qcow2ExportOptions } from "./qcow2-export.js";
-import { streamLayout } from "./qcow2-export.js";
-import { headerCluster, refcountGeometry } from "./qcow2-image-layout.js";
+import { headerCluster, refcountGeometry, streamLayout } from "./qcow2-image-layout.js";
 import { checkChunkSize } from "./raw-export.js";
 
 const deflateRawAsync = promisify(deflateRaw);

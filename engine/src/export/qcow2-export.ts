@@ -2,15 +2,13 @@ import { writeU64 } from "../binary/big-endian.js";
 import type { BlockImage } from "../block-image.js";
 import { readAt } from "../core/io.js";
 import { EngineError, throwIfAborted } from "../errors.js";
-import { MAX_CLUSTER_BITS, MAX_L1_BYTES, MIN_CLUSTER_BITS } from "../formats/qcow2/header.js";
 import { encodeL1Entry, encodeStandardEntry } from "../formats/qcow2/l2-entry.js";
-import { type Layout, l1EntriesFor, makeLayout } from "../formats/qcow2/layout.js";
 import { setRefcountEntry } from "../formats/qcow2/refcount-entry.js";
 import type { HostFile } from "../host/host-file.js";
 import { type ClusterRun, clusterRuns, usedL2Tables } from "./cluster-runs.js";
 import { DEFAULT_CHUNK_SIZE, type ExportOptions, type ExportPiece } from "./pieces.js";
 import { exportQcow2Compressed } from "./qcow2-compressed.js";
-import { EXPORT_REFCOUNT_ORDER, headerCluster, refcountGeometry } from "./qcow2-image-layout.js";
+import { headerCluster, refcountGeometry, streamLayout } from "./qcow2-image-layout.js";
 import { checkChunkSize } from "./raw-export.js";
 
 export interface Qcow2ExportOptions extends ExportOptions {
@@ -22,36 +20,6 @@ export interface Qcow2ExportOptions extends ExportOptions {
   compat?: "0.10" | "1.1";
   /** Default 64 KiB. */
   clusterSize?: number;
-}
-
-export interface StreamLayout {
-  layout: Layout;
-  version: 2 | 3;
-  l1Size: number;
-  l1Clusters: number;
-}
-
-export function streamLayout(image: BlockImage, opts: Qcow2ExportOptions): StreamLayout {
-  const clusterSize = opts.clusterSize ?? 65536;
-  const clusterBits = Math.log2(clusterSize);
-  if (!Number.isInteger(clusterBits) || clusterBits < MIN_CLUSTER_BITS || clusterBits > MAX_CLUSTER_BITS) {
-    throw new EngineError("INVALID_ARGUMENT", "cluster size must be a power of two from 512 B to 2 MiB", {
-      reason: "QCOW2_BAD_CLUSTER_SIZE",
-    });
-  }
-  const layout = makeLayout(clusterBits, EXPORT_REFCOUNT_ORDER, false);
-  const l1Size = l1EntriesFor(layout, image.virtualSize);
-  if (l1Size * 8 > MAX_L1_BYTES) {
-    throw new EngineError("INVALID_ARGUMENT", "image too large for this cluster size", {
-      reason: "QCOW2_IMAGE_TOO_BIG",
-    });
-  }
-  return {
-    layout,
-    version: opts.compat === "0.10" ? 2 : 3,
-    l1Size,
-    l1Clusters: Math.max(1, Math.ceil((l1Size * 8) / clusterSize)),
-  };
 }
 
 /**
