@@ -31,10 +31,10 @@ export interface Qcow2ExportOptions extends ExportOptions {
  * the host offset of the n-th data cluster is known up front. Zero clusters of the source are recorded
  * with the zero flag (v3). Every cluster has refcount 1; the result passes `qemu-img check` clean.
  *
- * Compressed: the host offset of each compressed cluster depends on the compressed sizes of all
- * clusters before it, and the L2 tables holding them must precede... nothing in qcow2 forces an order,
- * but the header at offset 0 must name the L1 and refcount table, whose positions depend on the total
- * compressed size. So the image is assembled in `staging` first and then streamed (qcow2-compressed.ts).
+ * Compressed: where each compressed cluster lands depends on the compressed sizes of all clusters
+ * before it, so the positions of the L2 tables, the L1 and the refcount structures are only known at
+ * the end — yet the header at offset 0 must name them. The image is therefore assembled in the
+ * caller's `staging` file first and then streamed from it (qcow2-compressed.ts).
  */
 export async function* exportQcow2(
   image: BlockImage,
