@@ -65,7 +65,9 @@ function validateHeader(ctx: ServiceContext, header: ImportVolumeHeader): Import
   const name = validateVolumeName(header.name);
   const format = formatFromWire(header.format);
   const target =
-    header.targetFormat === VolumeFormat.VOLUME_FORMAT_UNSPECIFIED ? format : formatFromWire(header.targetFormat);
+    header.targetFormat === VolumeFormat.VOLUME_FORMAT_UNSPECIFIED
+      ? format
+      : formatFromWire(header.targetFormat);
   const requested = toNumber(header.maxCapacityBytes, "max_capacity_bytes");
   const quota = requested === 0 ? ctx.maxCapacity : Math.min(requested, ctx.maxCapacity);
   const uploadBytes = header.uploadBytes === 0n ? undefined : toNumber(header.uploadBytes, "upload_bytes");
@@ -91,7 +93,9 @@ function uploadTooLarge(bytes: number, limit: number): EngineError {
 
 function validateLabels(labels: Record<string, string>): Record<string, string> {
   const entries = Object.entries(labels);
-  const bad = entries.find(([key, value]) => !/^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/.test(key) || value.length > 256);
+  const bad = entries.find(
+    ([key, value]) => !/^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/.test(key) || value.length > 256,
+  );
   if (entries.length > MAX_LABELS || bad !== undefined) {
     throw invalid(
       `labels are invalid (at most ${MAX_LABELS}; keys: 1–63 of A-Z a-z 0-9 . _ / -; values: at most 256 characters)`,
@@ -148,8 +152,7 @@ export async function importVolume(
       { maxVirtualSize: spec.quota },
       { signal: call.signal },
     );
-    const storeAsIs =
-      spec.target === spec.format && inspection.details.vmdk?.subformat !== "streamOptimized";
+    const storeAsIs = spec.target === spec.format && inspection.details.vmdk?.subformat !== "streamOptimized";
     let ready = staging;
     let clusterSize = inspection.details.qcow2?.clusterSize ?? inspection.details.vmdk?.grainSize ?? 0;
     if (!storeAsIs) {
@@ -186,19 +189,32 @@ export async function importVolume(
     await pool.publish(ready, spec.name, spec.target);
     const volume = catalog.updateVolume(spec.name, { state: "READY" });
     log.info(
-      { volume: spec.name, format: spec.format, target: spec.target, capacity: inspection.virtualSize, received },
+      {
+        volume: spec.name,
+        format: spec.format,
+        target: spec.target,
+        capacity: inspection.virtualSize,
+        received,
+      },
       "imported volume",
     );
     return { volume: await volumeMessage(ctx, volume, call.signal), receivedBytes: toBigint(received) };
   } catch (err) {
     await cleanupImport(ctx, temps, record).catch((cleanupErr: unknown) =>
-      log.error({ err: cleanupErr, volume: spec.name }, "cleanup after a failed import failed; reconcile will finish it"),
+      log.error(
+        { err: cleanupErr, volume: spec.name },
+        "cleanup after a failed import failed; reconcile will finish it",
+      ),
     );
     throw err;
   }
 }
 
-async function cleanupImport(ctx: ServiceContext, temps: string[], record: VolumeRecord | undefined): Promise<void> {
+async function cleanupImport(
+  ctx: ServiceContext,
+  temps: string[],
+  record: VolumeRecord | undefined,
+): Promise<void> {
   for (const temp of temps) await ctx.pool.removeFile(temp);
   if (record === undefined) return;
   const current = ctx.catalog.getVolume(record.name);
@@ -218,7 +234,10 @@ async function stageUpload(
   messages: AsyncIterator<ImportVolumeRequest>,
   spec: ImportSpec,
 ): Promise<number> {
-  const limit = Math.min(spec.uploadBytes ?? Number.MAX_SAFE_INTEGER, maxUploadBytes(spec.format, spec.quota));
+  const limit = Math.min(
+    spec.uploadBytes ?? Number.MAX_SAFE_INTEGER,
+    maxUploadBytes(spec.format, spec.quota),
+  );
   const handle = await fs.open(staging, "wx", 0o600);
   try {
     let received = 0;
@@ -396,7 +415,10 @@ export async function* exportVolume(
     for await (const piece of pieces) {
       if (piece.zero) {
         yield {
-          payload: { $case: "zero", zero: { offset: toBigint(piece.offset), length: toBigint(piece.length) } },
+          payload: {
+            $case: "zero",
+            zero: { offset: toBigint(piece.offset), length: toBigint(piece.length) },
+          },
         };
       } else {
         const data = Buffer.from(piece.data.buffer, piece.data.byteOffset, piece.data.byteLength);
@@ -409,7 +431,9 @@ export async function* exportVolume(
     if (stagingPath !== undefined) {
       await ctx.pool
         .removeFile(stagingPath)
-        .catch((err: unknown) => ctx.log.error({ err, file: stagingPath }, "could not remove an export staging file"));
+        .catch((err: unknown) =>
+          ctx.log.error({ err, file: stagingPath }, "could not remove an export staging file"),
+        );
     }
   }
 }

@@ -106,9 +106,10 @@ describe("ImportVolume / ExportVolume round trips", () => {
     expect(volume).toMatchObject({ format: "vmdk", capacityBytes: SIZE });
     await expectIdentical(srcFile, "qcow2", join(poolDir, "conv.vmdk"), "vmdk");
     await expectSparsenessKept(srcFile, "qcow2", join(poolDir, "conv.vmdk"), "vmdk");
-    await expect(
-      client.importFile(srcFile, { name: "conv", format: "qcow2" }),
-    ).rejects.toMatchObject({ code: "already_exists", reason: "VOLUME_EXISTS" });
+    await expect(client.importFile(srcFile, { name: "conv", format: "qcow2" })).rejects.toMatchObject({
+      code: "already_exists",
+      reason: "VOLUME_EXISTS",
+    });
   });
 
   it("exports streamOptimized vmdk ending in footer and end-of-stream markers, and imports it back", async () => {
@@ -151,10 +152,19 @@ describe("ImportVolume refuses hostile uploads and leaves nothing behind", () =>
   beforeAll(async () => {
     hostilePool = await mkdtemp("/tmp/ie/hostile-pool-");
     hostileServer = await startServer({
-      config: { listen: "127.0.0.1:0", pool: hostilePool, maxCapacity: 256 * TiB, reflection: false, maxJobs: 2 },
+      config: {
+        listen: "127.0.0.1:0",
+        pool: hostilePool,
+        maxCapacity: 256 * TiB,
+        reflection: false,
+        maxJobs: 2,
+      },
       log: createLogger("silent", { pretty: false }),
     });
-    hostileClient = createVdiskClient({ baseUrl: `http://127.0.0.1:${hostileServer.port}`, timeoutMs: 20_000 });
+    hostileClient = createVdiskClient({
+      baseUrl: `http://127.0.0.1:${hostileServer.port}`,
+      timeoutMs: 20_000,
+    });
   });
 
   afterAll(async () => {
@@ -206,6 +216,44 @@ describe("ImportVolume refuses hostile uploads and leaves nothing behind", () =>
     const huge = join(scratch, "huge.qcow2");
     await qemuImg("create", "-q", "-f", "qcow2", "-o", "cluster_size=2M", huge, "1P");
     await expectRefused(huge, "qcow2", "resource_exhausted", "VIRTUAL_SIZE_OVER_QUOTA");
+  });
+
+  it("refuses an upload that ends before the announced length", async () => {
+    const err = await hostileClient
+      .importVolume({ name: "short", format: "raw", uploadBytes: 4096 }, [new Uint8Array(1024).fill(1)])
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+    expect(err).toMatchObject({ code: "invalid_argument", reason: "UPLOAD_INCOMPLETE" });
+    expect(await readdir(join(hostilePool, ".vdisk", "tmp"))).toEqual([]);
+  });
+
+  it("removes the staging file when the client cancels mid-upload", async () => {
+    const controller = new AbortController();
+    let sent = 0;
+    async function* slowUpload(): AsyncGenerator<Uint8Array> {
+      for (;;) {
+        yield new Uint8Array(MiB).fill(7);
+        sent++;
+        if (sent === 3) {
+          // Give the server time to stage what was sent, then go away.
+          await new Promise((resolve) => setTimeout(resolve, 200));
+          controller.abort();
+          await new Promise((resolve) => setTimeout(resolve, 1000));
+        }
+      }
+    }
+    await expect(
+      hostileClient.importVolume({ name: "cancelled", format: "raw" }, slowUpload(), {
+        signal: controller.signal,
+      }),
+    ).rejects.toBeDefined();
+    // The server learns of the cancel asynchronously: wait (bounded) for its cleanup.
+    for (let i = 0; i < 50 && (await readdir(join(hostilePool, ".vdisk", "tmp"))).length > 0; i++)
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(await readdir(join(hostilePool, ".vdisk", "tmp"))).toEqual([]);
+    await expect(hostileClient.getVolume("cancelled")).rejects.toMatchObject({ code: "not_found" });
   });
 
   it("refuses an upload longer than it announced", async () => {
