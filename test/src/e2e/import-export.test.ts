@@ -112,6 +112,24 @@ describe("ImportVolume / ExportVolume round trips", () => {
     });
   });
 
+  it("answers a retried import (same request_id) with the volume it already made", async () => {
+    const srcFile = join(scratch, "src.raw");
+    const first = await client.importFile(
+      srcFile,
+      { name: "retried", format: "raw" },
+      { requestId: "ie-retry-1" },
+    );
+    const again = await client.importFile(
+      srcFile,
+      { name: "retried", format: "raw" },
+      { requestId: "ie-retry-1" },
+    );
+    expect(again.uid).toBe(first.uid);
+    await expect(
+      client.importFile(srcFile, { name: "retried", format: "raw" }, { requestId: "ie-retry-2" }),
+    ).rejects.toMatchObject({ code: "already_exists", reason: "VOLUME_EXISTS" });
+  });
+
   it("exports streamOptimized vmdk ending in footer and end-of-stream markers, and imports it back", async () => {
     const out = join(scratch, "stream.vmdk");
     await client.exportFile("rt-raw", out, { format: "vmdk" });
