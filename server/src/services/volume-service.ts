@@ -33,6 +33,7 @@ import { type CallContext, clientStream, failingStream, serverStream, unary } fr
 import { formatFromWire, preallocFromWire, toNumber } from "../rpc/convert.js";
 import { unimplemented } from "../rpc/errors.js";
 import { requireReadyVolume, requireVolume, type ServiceContext } from "./context.js";
+import { exportVolume, importVolume } from "./import-export.js";
 import { jobEvent, volumeMessage } from "./volume-messages.js";
 
 const DEFAULT_PAGE_SIZE = 100;
@@ -81,12 +82,8 @@ export class VolumeService {
       checkVolume: serverStream(env, "CheckVolume", () =>
         failingStream(unimplemented("CheckVolume", "issue 4: jobs beyond create")),
       ),
-      importVolume: clientStream(env, "ImportVolume", async () => {
-        throw unimplemented("ImportVolume", "needs image inspection and the qcow2/vmdk drivers");
-      }),
-      exportVolume: serverStream(env, "ExportVolume", () =>
-        failingStream(unimplemented("ExportVolume", "needs the qcow2/vmdk writers")),
-      ),
+      importVolume: clientStream(env, "ImportVolume", (reqs, call) => importVolume(this.ctx, reqs, call)),
+      exportVolume: serverStream(env, "ExportVolume", (req, call) => exportVolume(this.ctx, req, call)),
     };
     server.addService(VolumeServiceService, impl);
   }
