@@ -12,6 +12,7 @@ import {
   volumeStateToWire,
 } from "../rpc/convert.js";
 import { toRpcStatus, toWireError } from "../rpc/errors.js";
+import { checkReportOf } from "./check-job.js";
 import type { ServiceContext } from "./context.js";
 
 /**
@@ -114,7 +115,10 @@ export function jobMessage(job: JobRecord): Job {
 /** A job snapshot as a JobEvent; a succeeded job that made or changed a volume carries it as the result. */
 export async function jobEvent(ctx: ServiceContext, job: JobRecord, signal?: AbortSignal): Promise<JobEvent> {
   const message = jobMessage(job);
-  if (job.state === "SUCCEEDED") {
+  const check = job.kind === "CHECK_VOLUME" ? checkReportOf(job.result) : undefined;
+  if (job.state === "SUCCEEDED" && check !== undefined) {
+    message.result = { result: { $case: "check", check }, allocate: undefined };
+  } else if (job.state === "SUCCEEDED") {
     const volume = ctx.catalog.getVolume(job.volume);
     if (volume !== undefined)
       message.result = {
