@@ -575,8 +575,8 @@ export class VolumeService {
     }
     if (job === undefined) {
       const volume = requireReadyVolume(catalog, req.name);
-      if (volume.format !== "raw")
-        throw unimplemented(`ResizeVolume for ${volume.format}`, "only raw volumes can be resized so far");
+      if (volume.format !== "raw" && volume.format !== "qcow2")
+        throw unimplemented(`ResizeVolume for ${volume.format}`, "only raw and qcow2 volumes can be resized so far");
       const requested = toNumber(req.capacityBytes, "capacity_bytes");
       if (requested <= 0 || requested > this.ctx.maxCapacity) {
         throw new EngineError(
@@ -590,7 +590,7 @@ export class VolumeService {
       }
       const newSize = Math.ceil(requested / 512) * 512;
       const prealloc = preallocFromWire(req.preallocation);
-      if (prealloc === "metadata") {
+      if (prealloc === "metadata" && volume.format === "raw") {
         throw new EngineError("INVALID_ARGUMENT", "raw volumes support preallocation OFF, FALLOC or FULL", {
           reason: "INVALID_PREALLOCATION",
           metadata: { field: "preallocation" },
@@ -631,8 +631,12 @@ export class VolumeService {
             // A grow cut short must not leave the file longer than the recorded capacity: raw capacity is
             // the file size, so a partial preallocation would silently change it at the next open.
             // The image still believes in the old size (it changes only after a complete truncate), so the
-            // file is cut back directly, with the image closed; raw is the only format resized here.
-            if (newSize > oldSize) {
+            // file is cut back directly, with the image closed (raw only: its size is the file size).
+            if (newSize > oldSize && volume.format === "qcow2") {
+              // qcow2 publishes the new size in its header before preallocating the grown area (which
+              // already reads as zeros), so a cut-short grow is a complete, thinner grow: record it.
+              catalog.updateVolume(volume.name, { capacity: image.virtualSize });
+            } else if (newSize > oldSize) {
               await images.close(volume.uid).catch(() => {});
               await this.ctx.pool
                 .truncateFile(this.ctx.pool.volumePath(volume.name, volume.format), oldSize)

@@ -143,4 +143,23 @@ describe("jobs end to end", () => {
     const raw = await client.checkVolume("src").result;
     expect(raw).toMatchObject({ corruptions: 0, leaks: 0, qemuExitCode: 0 });
   });
+
+  it("ResizeVolume on qcow2: grows with the grown area preallocated, shrinks only with allow_shrink", async () => {
+    await client.createVolume({ name: "rq", format: "qcow2", capacityBytes: 8 * MiB }).result;
+    await client.writeVolume("rq", [{ offset: MiB, data: pattern(MiB, 5) }, { flush: true }]);
+    const grown = await client.resizeVolume("rq", 16 * MiB, { preallocation: "full" }).result;
+    expect(grown.capacityBytes).toBe(16 * MiB);
+    const { extents } = await client.getAllocationMap("rq", { offset: 8 * MiB }).collect();
+    expect(extents.every((e) => e.present && e.depth === 0 && e.hostOffset !== undefined)).toBe(true);
+    await expect(client.resizeVolume("rq", 4 * MiB).result).rejects.toMatchObject({ reason: "SHRINK_NOT_ALLOWED" });
+    const shrunk = await client.resizeVolume("rq", 4 * MiB, { allowShrink: true }).result;
+    expect(shrunk.capacityBytes).toBe(4 * MiB);
+    const bytes = new Uint8Array(MiB);
+    for await (const piece of client.readVolume("rq", { offset: MiB, length: MiB, sparse: false }))
+      if ("data" in piece) bytes.set(piece.data, piece.offset - MiB);
+    expect(Buffer.from(bytes).equals(Buffer.from(pattern(MiB, 5)))).toBe(true);
+    await run("qemu-img", ["check", "-f", "qcow2", join(poolDir, "rq.qcow2")]);
+    const { stdout } = await run("qemu-img", ["info", "--output=json", join(poolDir, "rq.qcow2")]);
+    expect((JSON.parse(stdout) as { "virtual-size": number })["virtual-size"]).toBe(4 * MiB);
+  });
 });
