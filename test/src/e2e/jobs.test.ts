@@ -162,4 +162,25 @@ describe("jobs end to end", () => {
     const { stdout } = await run("qemu-img", ["info", "--output=json", join(poolDir, "rq.qcow2")]);
     expect((JSON.parse(stdout) as { "virtual-size": number })["virtual-size"]).toBe(4 * MiB);
   });
+
+  it("a cancelled CloneVolume FULL leaves no file and no record", async () => {
+    const size = 256 * MiB;
+    await client.createVolume({ name: "fat", format: "raw", capacityBytes: size }).result;
+    const chunk = pattern(4 * MiB, 11);
+    const pieces = function* () {
+      for (let at = 0; at < size; at += chunk.length) yield { offset: at, data: chunk };
+      yield { flush: true as const };
+    };
+    await client.writeVolume("fat", pieces());
+    const handle = client.cloneVolume("fat", "fat-copy", { mode: "full", format: "qcow2" });
+    handle.result.catch(() => {});
+    const jobId = await handle.jobId;
+    await client.cancelJob(jobId);
+    const states: JobSnapshot[] = [];
+    for await (const s of handle) states.push(s);
+    expect(states.at(-1)?.state).toBe("cancelled");
+    await expect(client.getVolume("fat-copy")).rejects.toMatchObject({ reason: "VOLUME_NOT_FOUND" });
+    expect((await readdir(poolDir)).filter((f) => f.includes("fat-copy"))).toEqual([]);
+    await client.deleteVolume("fat");
+  }, 60_000);
 });
