@@ -142,6 +142,11 @@ describe("jobs end to end", () => {
     expect(report).toMatchObject({ corruptions: 0, leaks: 0, qemuExitCode: 0 });
     const raw = await client.checkVolume("src").result;
     expect(raw).toMatchObject({ corruptions: 0, leaks: 0, qemuExitCode: 0 });
+    const repaired = await client.checkVolume("src-q", { repair: "all" }).result;
+    expect(repaired).toMatchObject({ corruptions: 0, leaks: 0, corruptionsFixed: 0, leaksFixed: 0, qemuExitCode: 0 });
+    await client.createVolume({ name: "vm", format: "vmdk", capacityBytes: 16 * MiB }).result;
+    await client.writeVolume("vm", [{ offset: MiB, data: pattern(MiB, 9) }, { flush: true }]);
+    expect(await client.checkVolume("vm").result).toMatchObject({ corruptions: 0, leaks: 0, qemuExitCode: 0 });
   });
 
   it("ResizeVolume on qcow2: grows with the grown area preallocated, shrinks only with allow_shrink", async () => {
