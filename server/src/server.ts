@@ -1,7 +1,7 @@
 import type { Http2Server, Http2Session } from "node:http2";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { Server, ServerCredentials } from "@grpc/grpc-js";
+import { Server } from "@grpc/grpc-js";
 import { loadSync } from "@grpc/proto-loader";
 import { ReflectionService } from "@grpc/reflection";
 import { driverFor, openHostFile } from "@vdisk/engine";
@@ -13,6 +13,8 @@ import { VolumeLocks } from "./jobs/volume-locks.js";
 import type { Logger } from "./log.js";
 import { Pool } from "./pool/pool.js";
 import { reconcile } from "./pool/reconcile.js";
+import { serverCredentials } from "./security/credentials.js";
+import { bearerTokenInterceptor, loadTokens } from "./security/token-auth.js";
 import { AllocationService } from "./services/allocation-service.js";
 import { type ServiceContext, StreamAdmission } from "./services/context.js";
 import { DataService } from "./services/data-service.js";
@@ -52,7 +54,8 @@ export const STREAM_WINDOW_BYTES = 8 * MIB;
 export const CONNECTION_WINDOW_BYTES = 32 * MIB;
 
 export interface StartServerOptions {
-  config: Pick<ServerConfig, "listen" | "pool" | "maxCapacity" | "reflection" | "maxJobs">;
+  config: Pick<ServerConfig, "listen" | "pool" | "maxCapacity" | "reflection" | "maxJobs"> &
+    Partial<Pick<ServerConfig, "tlsCert" | "tlsKey" | "tlsClientCa" | "tokenFile">>;
   log: Logger;
   /** Engine pieces; defaults to the real host file and the engine's format registry. */
   engine?: EngineDeps;
@@ -76,6 +79,10 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
   const { config, log } = options;
   const engine = options.engine ?? defaultEngine();
   const shutdownTimeoutMs = options.shutdownTimeoutMs ?? 10_000;
+
+  // Read before anything is opened: a missing certificate or token file fails the start, not the first call.
+  const credentials = serverCredentials(config);
+  const tokens = config.tokenFile === undefined ? undefined : loadTokens(config.tokenFile);
 
   const pool = new Pool(config.pool);
   await pool.init();
@@ -113,7 +120,10 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
     maxCapacity: config.maxCapacity,
   };
 
-  const server = new Server(GRPC_OPTIONS);
+  const server = new Server({
+    ...GRPC_OPTIONS,
+    ...(tokens === undefined ? {} : { interceptors: [bearerTokenInterceptor(tokens)] }),
+  });
   new VolumeService(ctx).addToServer(server);
   new AllocationService(ctx).addToServer(server);
   new DataService(ctx).addToServer(server);
@@ -128,7 +138,7 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
 
   const { host, port: requestedPort } = parseListen(config.listen);
   const port = await new Promise<number>((resolve, reject) => {
-    server.bindAsync(`${host}:${requestedPort}`, ServerCredentials.createInsecure(), (err, bound) =>
+    server.bindAsync(`${host}:${requestedPort}`, credentials, (err, bound) =>
       err ? reject(err) : resolve(bound),
     );
   }).catch((err: unknown) => {
@@ -143,7 +153,14 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
 
   const address = `${host}:${port}`;
   log.info(
-    { address, port, pool: pool.root, reflection: config.reflection },
+    {
+      address,
+      port,
+      pool: pool.root,
+      reflection: config.reflection,
+      tls: config.tlsCert === undefined ? "off" : config.tlsClientCa === undefined ? "tls" : "mtls",
+      tokenAuth: tokens !== undefined,
+    },
     `vdisk server listening on ${address}`,
   );
 

@@ -124,9 +124,10 @@ describe("QEMU image lock interop", () => {
     const first = await serve();
     const second = await serve();
     await first.client.writeVolume("shared", [{ offset: 0, data: data(4) }]);
-    await expect(
-      second.client.writeVolume("shared", [{ offset: 0, data: data(5) }]),
-    ).rejects.toMatchObject({ code: "failed_precondition", reason: "IMAGE_LOCKED" });
+    await expect(second.client.writeVolume("shared", [{ offset: 0, data: data(5) }])).rejects.toMatchObject({
+      code: "failed_precondition",
+      reason: "IMAGE_LOCKED",
+    });
     // The first server still has it, and still writes.
     await first.client.writeVolume("shared", [{ offset: 64 * 1024, data: data(6) }]);
     // Once the first server stops, the second takes over.
