@@ -14,6 +14,7 @@ import type { Logger } from "./log.js";
 import { Pool } from "./pool/pool.js";
 import { reconcile } from "./pool/reconcile.js";
 import { serverCredentials } from "./security/credentials.js";
+import { poolWritable } from "./security/pool-health.js";
 import { bearerTokenInterceptor, loadTokens } from "./security/token-auth.js";
 import { AllocationService } from "./services/allocation-service.js";
 import { type ServiceContext, StreamAdmission } from "./services/context.js";
@@ -61,6 +62,8 @@ export interface StartServerOptions {
   engine?: EngineDeps;
   /** How long close() lets calls and jobs finish before forcing (ms). */
   shutdownTimeoutMs?: number;
+  /** How often the pool is probed for writability; health turns NOT_SERVING while it is not (ms). */
+  poolProbeMs?: number;
 }
 
 export interface RunningServer {
@@ -151,6 +154,19 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
       "could not set server HTTP/2 flow-control windows (grpc-js internals changed); uploads will be slower",
     );
 
+  let draining = false;
+  let poolOk = true;
+  const probePool = async () => {
+    const ok = await poolWritable(pool.root);
+    if (draining || ok === poolOk) return;
+    poolOk = ok;
+    if (ok) log.info({ pool: pool.root }, "pool is writable again; serving");
+    else log.error({ pool: pool.root }, "pool is not writable; health NOT_SERVING");
+    for (const name of ["", ...SERVICE_NAMES]) health.setStatus(name, ok ? "SERVING" : "NOT_SERVING");
+  };
+  const poolTimer = setInterval(() => void probePool(), options.poolProbeMs ?? 10_000);
+  poolTimer.unref();
+
   const address = `${host}:${port}`;
   log.info(
     {
@@ -168,6 +184,8 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
   const close = () => {
     closing ??= (async () => {
       log.info("draining");
+      draining = true;
+      clearInterval(poolTimer);
       for (const name of ["", ...SERVICE_NAMES]) health.setStatus(name, "NOT_SERVING");
       shutdown.abort();
       await jobs.shutdown(shutdownTimeoutMs);
