@@ -551,12 +551,13 @@ describe("vmdk volumes", () => {
       allocationBytes: 128n * 1024n,
       vmdk: { subformat: VmdkSubformat.VMDK_SUBFORMAT_MONOLITHIC_SPARSE },
     });
-    // The oracle: qemu-img must accept what we wrote. Missing qemu-img fails here, loudly.
+    // The oracle: qemu-img must accept what we wrote. Missing qemu-img fails here, loudly. -U: the server
+    // holds the image lock while the volume is open, as a VM would.
     const { execFileSync } = await import("node:child_process");
     const file = path.join(h.pool, "disk-vmdk.vmdk");
-    execFileSync("qemu-img", ["check", "-f", "vmdk", file], { stdio: "pipe" });
+    execFileSync("qemu-img", ["check", "-U", "-f", "vmdk", file], { stdio: "pipe" });
     const info = JSON.parse(
-      execFileSync("qemu-img", ["info", "--output=json", "-f", "vmdk", file]).toString(),
+      execFileSync("qemu-img", ["info", "-U", "--output=json", "-f", "vmdk", file]).toString(),
     ) as {
       "virtual-size": number;
     };
@@ -707,9 +708,9 @@ describe("qcow2 volumes", () => {
     // The oracle: qemu-img sees a consistent chain that names its backing by file name.
     const { execFileSync } = await import("node:child_process");
     const top = path.join(h.pool, "q-top.qcow2");
-    execFileSync("qemu-img", ["check", "-f", "qcow2", top], { stdio: "pipe" });
+    execFileSync("qemu-img", ["check", "-U", "-f", "qcow2", top], { stdio: "pipe" });
     const info = JSON.parse(
-      execFileSync("qemu-img", ["info", "--output=json", "-f", "qcow2", top]).toString(),
+      execFileSync("qemu-img", ["info", "-U", "--output=json", "-f", "qcow2", top]).toString(),
     ) as {
       "backing-filename"?: string;
     };
