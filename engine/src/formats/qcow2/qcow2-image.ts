@@ -408,11 +408,11 @@ export class Qcow2Image implements BlockImage {
     next.set(md.l1.subarray(0, Math.min(md.l1.length, next.length)));
     const padded = Buffer.alloc(bytes);
     padded.set(next);
-    await md.file.write(offset, padded);
+    await md.file.write(offset, padded, { point: "l1_grow.write_table" });
     md.noteWrite();
     await md.barrier();
     const old = { offset: md.header.l1TableOffset, bytes: alignUp(md.header.l1Size * 8, cs) };
-    await md.writeCountOffsetPair(FIELD.l1Size, false, entries, offset);
+    await md.writeCountOffsetPair(FIELD.l1Size, false, entries, offset, "l1_grow.activate_table");
     md.header.l1Size = entries;
     md.header.l1TableOffset = offset;
     md.replaceL1(next);
@@ -528,7 +528,9 @@ export async function preallocateRange(
       } else if (opts.prealloc === "full") {
         const zeros = Buffer.alloc(Math.min(bytes, 4 * 1024 * 1024));
         for (let done = 0; done < bytes; done += zeros.length) {
-          await md.file.write(host + done, zeros.subarray(0, Math.min(zeros.length, bytes - done)));
+          await md.file.write(host + done, zeros.subarray(0, Math.min(zeros.length, bytes - done)), {
+            point: "prealloc_write",
+          });
         }
       }
       md.noteWrite();

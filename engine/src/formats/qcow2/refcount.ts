@@ -48,6 +48,7 @@ export class RefcountManager {
       file,
       layout.clusterSize,
       Math.max(16, Math.floor(cacheBytes / layout.clusterSize)),
+      { alloc: "refblock_alloc", update: "refblock_update" },
     );
     this.allocEnd = alignUp(allocEnd, layout.clusterSize);
     this.bits = layout.refcountBits;
@@ -157,7 +158,7 @@ export class RefcountManager {
 
     await this.blocks.writeDirty();
     await this.host.barrier();
-    await this.file.write(tableOffset, this.table);
+    await this.file.write(tableOffset, this.table, { point: "reftable_grow.write_table" });
     this.dirtyTableSectors.clear();
     await this.host.barrier();
     await this.host.switchRefcountTable(tableOffset, tableBytes / cs);
@@ -251,7 +252,9 @@ export class RefcountManager {
     for (const { first, last } of consecutiveRuns(sectors)) {
       const start = first * 512;
       const end = Math.min((last + 1) * 512, this.table.length);
-      await this.file.write(this.currentTable.offset + start, this.table.subarray(start, end));
+      await this.file.write(this.currentTable.offset + start, this.table.subarray(start, end), {
+        point: "reftable_update",
+      });
     }
   }
 }

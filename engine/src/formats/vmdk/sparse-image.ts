@@ -198,7 +198,9 @@ export class VmdkSparseImage implements BlockImage {
       }
       done += n;
     }
-    await Promise.all(inPlace.map((w) => this.file.write(w.host, data.subarray(w.start, w.end))));
+    await Promise.all(
+      inPlace.map((w) => this.file.write(w.host, data.subarray(w.start, w.end), { point: "grain_write.in_place" })),
+    );
     if (fresh.length > 0) await this.allocateGrains(fresh);
   }
 
@@ -214,6 +216,7 @@ export class VmdkSparseImage implements BlockImage {
     await this.file.writev(
       first,
       grains.map((g) => g.data),
+      { point: "grain_write" },
     );
     this.knownFileEnd = Math.max(this.knownFileEnd, end);
     // Batch neighbouring entries of one table into one write per copy.
@@ -251,7 +254,7 @@ export class VmdkSparseImage implements BlockImage {
     if (encoded.length < this.layout.descSize) {
       const region = new Uint8Array(this.layout.descSize);
       region.set(encoded);
-      await this.file.write(this.layout.descOffset, region);
+      await this.file.write(this.layout.descOffset, region, { point: "descriptor_update" });
       this.descriptorText = text;
       this.cid = cid;
     }
@@ -380,7 +383,7 @@ export class VmdkSparseImage implements BlockImage {
 
   async flush(_opts?: IoOptions): Promise<void> {
     this.assertOpen();
-    if (!this.readOnly) await this.serialized(() => this.file.flush());
+    if (!this.readOnly) await this.serialized(() => this.file.flush({ point: "flush" }));
   }
 
   async check(opts: { repair: RepairMode; signal?: AbortSignal }): Promise<CheckResult> {
@@ -422,7 +425,7 @@ export class VmdkSparseImage implements BlockImage {
   async close(): Promise<void> {
     if (this.closed) return;
     try {
-      if (!this.readOnly) await this.serialized(() => this.file.flush());
+      if (!this.readOnly) await this.serialized(() => this.file.flush({ point: "flush" }));
     } finally {
       this.closed = true;
       await this.file.close();
