@@ -38,6 +38,8 @@ export class Qcow2Metadata {
   snapshotTableBytes = 0;
   /** Something was written since the last fdatasync. */
   private unsynced = false;
+  /** The first host I/O failure of a mutating operation: writes stop until the image is reopened. */
+  writeFailure: EngineError | undefined;
   /** Set once corruption was detected: writes stop. */
   corruptDetected = false;
   /** Lazy refcounts in effect: the dirty bit is set before the first metadata change. */

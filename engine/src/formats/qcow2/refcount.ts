@@ -117,6 +117,15 @@ export class RefcountManager {
 
   /** A new refcount block at the end of the allocated area; it describes itself when it falls in its own range. */
   private async createBlock(tableIndex: number): Promise<Buffer> {
+    // The block's own refcount must fall inside the table as it is: growing the table from inside this
+    // call would write (and switch to) a table that references this block while its refcount existed
+    // only in memory — a crash there leaves a refcount block with refcount 0 (found by the fault matrix).
+    const ownIndex = refcountIndexOf(this.layout, this.allocEnd).tableIndex;
+    if (ownIndex >= this.tableEntries) {
+      await this.growTable(ownIndex + 1);
+      const created = await this.loadBlock(tableIndex); // the growth may have created this very block
+      if (created) return created;
+    }
     const offset = this.allocEnd;
     this.allocEnd += this.layout.clusterSize;
     const block = this.blocks.install(offset);

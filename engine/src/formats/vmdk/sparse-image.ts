@@ -219,6 +219,10 @@ export class VmdkSparseImage implements BlockImage {
       { point: "grain_write" },
     );
     this.knownFileEnd = Math.max(this.knownFileEnd, end);
+    // The grains must be durable before a table points at them: otherwise a power loss can keep the
+    // table entry but not the grain, leaving an entry past EOF that the next allocation would hand out
+    // again (two entries, one grain). Found by the power-loss simulation (engine/src/testing).
+    await this.file.flush({ point: "flush.grain_barrier" });
     // Batch neighbouring entries of one table into one write per copy.
     let i = 0;
     while (i < grains.length) {
