@@ -47,7 +47,7 @@ const cowVariants: Record<string, Variant> = {
   "v3-lazy": qcow2Variant("v3-lazy-4k", { size: 8 << 20, clusterSize: 4096, version: 3, lazy: true }),
 };
 
-function workloadFor(v: Variant, seed: number): Op[] {
+function workloadFor(v: Variant, seed: number, point: string): Op[] {
   const ops = makeWorkload(seed, {
     size: v.create.size,
     clusterSize: v.create.clusterSize ?? 65536,
@@ -57,10 +57,18 @@ function workloadFor(v: Variant, seed: number): Op[] {
     zero: true,
     growBy: 1 << 20,
   });
-  // One large write early on pushes the host file past what the first refcount table covers
-  // (8 MiB for v2's 16-bit refcounts, so it is larger there).
-  const bulk = v.create.clusterSize !== 512 ? 64 << 10 : v.create.qcow2?.compat === "0.10" ? 9 << 20 : 5 << 19;
-  ops.splice(3, 0, { kind: "write", offset: 0, length: Math.min(bulk, v.create.size), tag: 201 }, { kind: "flush" });
+  // One large write early on creates refcount blocks; for table growth it must push the host file past
+  // what the first refcount table covers (2 MiB with 64-bit refcounts, 8 MiB for v2's 16-bit ones).
+  const growth = point === "reftable_grow";
+  const bulk = !growth || v.create.clusterSize !== 512 ? 256 << 10 : v.create.qcow2?.compat === "0.10" ? 9 << 20 : 5 << 19;
+  ops.splice(
+    3,
+    0,
+    { kind: "write", offset: 0, length: Math.min(bulk, v.create.size), tag: 201 },
+    { kind: "flush" },
+    // Changes entries of an L2 table already on disk (an update, not an allocation).
+    { kind: "discard", offset: 4096, length: 4096 },
+  );
   return ops;
 }
 
@@ -77,13 +85,13 @@ async function baseBytes(v: Variant): Promise<Uint8Array> {
 }
 
 /** How often the fault-free workload reaches each write point (faults then land mid-workload). */
-async function hitsFor(v: Variant, seed: number): Promise<Record<string, number>> {
-  const key = `${v.name}/${seed}`;
+async function hitsFor(v: Variant, seed: number, point: string): Promise<Record<string, number>> {
+  const key = `${v.name}/${seed}/${point === "reftable_grow"}`;
   let hits = pointHits.get(key);
   if (!hits) {
     const file = createMemoryFile({ data: await baseBytes(v) });
     const img = await openOn(v, file);
-    const run = await runWorkload(img, workloadFor(v, seed), new SectorOracle(v.create.size), { stopOnError: true });
+    const run = await runWorkload(img, workloadFor(v, seed, point), new SectorOracle(v.create.size), { stopOnError: true });
     expect(run.errors).toEqual([]);
     hits = { ...file.stats.points }; // before close: the faulty run does not close before its checks
     await img.close();
@@ -102,14 +110,14 @@ const EXPECTED: Record<"EIO" | "ENOSPC", EngineErrorCode> = { EIO: "IO", ENOSPC:
 
 async function runCase(base: Variant, point: string, error: "EIO" | "ENOSPC", persistent: boolean, seed: number) {
   const v = point === "cow_write" ? (cowVariants[base.name] ?? base) : base;
-  const hits = hitsOf(await hitsFor(v, seed), point);
+  const hits = hitsOf(await hitsFor(v, seed, point), point);
   expect(hits, `workload never reaches write point ${point}`).toBeGreaterThan(0);
   const nth = 1 + ((seed * 7919 + point.length * 31) % hits);
   const file = createMemoryFile({ data: await baseBytes(v) });
   const img = await openOn(v, file);
   const oracle = new SectorOracle(v.create.size);
   file.injectFault({ op: "any", point, nth, error, persistent });
-  const run = await runWorkload(img, workloadFor(v, seed), oracle, { stopOnError: false });
+  const run = await runWorkload(img, workloadFor(v, seed, point), oracle, { stopOnError: false });
 
   expect(file.stats.faultsFired).toBeGreaterThan(0);
   expect(run.errors.length).toBeGreaterThan(0);
