@@ -11,7 +11,7 @@ import { buildSeeds, DEFAULT_LIMITS, fuzz } from "../src/testing/fuzz.js";
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && process.argv[i + 1] !== undefined ? process.argv[i + 1]! : fallback;
+  return (i >= 0 ? process.argv[i + 1] : undefined) ?? fallback;
 }
 
 const cases = Number(arg("cases", "20000"));
@@ -28,7 +28,8 @@ const report = await fuzz(buildSeeds(), {
   limits: { ...DEFAULT_LIMITS, caseMillis },
   maxFindings: 1000,
 });
-for (const f of report.findings) console.log(`FINDING ${f.seed} case=${f.caseSeed} [${f.mutations.join("; ")}]: ${f.problem}`);
+for (const f of report.findings)
+  console.log(`FINDING ${f.seed} case=${f.caseSeed} [${f.mutations.join("; ")}]: ${f.problem}`);
 console.log(
   `${report.cases} cases in ${Math.round((Date.now() - started) / 1000)} s, ${report.findings.length} findings, ${report.opened} opened, ` +
     `slowest case ${Math.round(report.slowestMillis)} ms, peak RSS growth ${Math.round(report.peakRssGrowth / 2 ** 20)} MiB`,

@@ -12,7 +12,7 @@ import { POWER_LOSS_VARIANTS, powerLossIteration } from "../src/testing/power-lo
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && process.argv[i + 1] !== undefined ? process.argv[i + 1]! : fallback;
+  return (i >= 0 ? process.argv[i + 1] : undefined) ?? fallback;
 }
 
 const iterations = Number(arg("iterations", "1000"));
@@ -20,7 +20,12 @@ const seed = Number(arg("seed", "1"));
 const only = arg("variant", "");
 const qemu = !process.argv.includes("--no-qemu");
 const variants = POWER_LOSS_VARIANTS.filter((v) => only === "" || v.name === only);
-if (!Number.isSafeInteger(iterations) || iterations < 1 || !Number.isSafeInteger(seed) || variants.length === 0) {
+if (
+  !Number.isSafeInteger(iterations) ||
+  iterations < 1 ||
+  !Number.isSafeInteger(seed) ||
+  variants.length === 0
+) {
   console.error("usage: power-loss-soak.ts --iterations N --seed S [--variant NAME] [--no-qemu]");
   process.exit(2);
 }
@@ -29,13 +34,19 @@ let failures = 0;
 const started = Date.now();
 try {
   for (let i = 0; i < iterations; i++) {
-    const v = variants[i % variants.length]!;
+    const v = variants[i % variants.length] ?? POWER_LOSS_VARIANTS[0];
+    if (v === undefined) break;
     const r = await powerLossIteration(v, seed + i, { qemu: qemu && i % 3 === 0 });
     if (r.problems.length > 0) {
       failures++;
-      console.log(`FAIL ${r.variant} seed=${r.seed} mode=${r.mode} cut=${r.cutAfter}: ${r.problems.join(" | ")}`);
+      console.log(
+        `FAIL ${r.variant} seed=${r.seed} mode=${r.mode} cut=${r.cutAfter}: ${r.problems.join(" | ")}`,
+      );
     }
-    if ((i + 1) % 500 === 0) console.log(`${i + 1}/${iterations} done, ${failures} failures, ${Math.round((Date.now() - started) / 1000)} s`);
+    if ((i + 1) % 500 === 0)
+      console.log(
+        `${i + 1}/${iterations} done, ${failures} failures, ${Math.round((Date.now() - started) / 1000)} s`,
+      );
   }
 } finally {
   removeScratch();

@@ -87,7 +87,9 @@ describe("vmdk", () => {
     const checkWith = async (entry: number) => {
       const copy = Buffer.from(written);
       copy.writeUInt32LE(entry, redundantTable);
-      const opened = await vmdkDriver.open(createMemoryFile({ data: copy, readOnly: true }), { readOnly: true });
+      const opened = await vmdkDriver.open(createMemoryFile({ data: copy, readOnly: true }), {
+        readOnly: true,
+      });
       const result = await opened.check({ repair: "none" });
       await opened.close();
       return result;

@@ -39,7 +39,13 @@ const QCOW2_POINTS = [
 // and the first refcount table 2 MiB, so a short workload reaches table growth too.
 const v3 = qcow2Variant("v3", { size: 8 << 20, clusterSize: 512, version: 3, refcountBits: 64 });
 const v2 = qcow2Variant("v2", { size: 8 << 20, clusterSize: 512, version: 2 });
-const lazy = qcow2Variant("v3-lazy", { size: 8 << 20, clusterSize: 512, version: 3, lazy: true, refcountBits: 64 });
+const lazy = qcow2Variant("v3-lazy", {
+  size: 8 << 20,
+  clusterSize: 512,
+  version: 3,
+  lazy: true,
+  refcountBits: 64,
+});
 // Copy-on-write needs writes smaller than a cluster (the workload writes whole 512-byte sectors).
 const cowVariants: Record<string, Variant> = {
   v3: qcow2Variant("v3-4k", { size: 8 << 20, clusterSize: 4096, version: 3 }),
@@ -60,7 +66,12 @@ function workloadFor(v: Variant, seed: number, point: string): Op[] {
   // One large write early on creates refcount blocks; for table growth it must push the host file past
   // what the first refcount table covers (2 MiB with 64-bit refcounts, 8 MiB for v2's 16-bit ones).
   const growth = point === "reftable_grow";
-  const bulk = !growth || v.create.clusterSize !== 512 ? 256 << 10 : v.create.qcow2?.compat === "0.10" ? 9 << 20 : 5 << 19;
+  const bulk =
+    !growth || v.create.clusterSize !== 512
+      ? 256 << 10
+      : v.create.qcow2?.compat === "0.10"
+        ? 9 << 20
+        : 5 << 19;
   ops.splice(
     3,
     0,
@@ -91,7 +102,9 @@ async function hitsFor(v: Variant, seed: number, point: string): Promise<Record<
   if (!hits) {
     const file = createMemoryFile({ data: await baseBytes(v) });
     const img = await openOn(v, file);
-    const run = await runWorkload(img, workloadFor(v, seed, point), new SectorOracle(v.create.size), { stopOnError: true });
+    const run = await runWorkload(img, workloadFor(v, seed, point), new SectorOracle(v.create.size), {
+      stopOnError: true,
+    });
     expect(run.errors).toEqual([]);
     hits = { ...file.stats.points }; // before close: the faulty run does not close before its checks
     await img.close();
@@ -102,13 +115,20 @@ async function hitsFor(v: Variant, seed: number, point: string): Promise<Record<
 
 function hitsOf(hits: Record<string, number>, point: string): number {
   let n = 0;
-  for (const [name, count] of Object.entries(hits)) if (name === point || name.startsWith(`${point}.`)) n += count;
+  for (const [name, count] of Object.entries(hits))
+    if (name === point || name.startsWith(`${point}.`)) n += count;
   return n;
 }
 
 const EXPECTED: Record<"EIO" | "ENOSPC", EngineErrorCode> = { EIO: "IO", ENOSPC: "NO_SPACE" };
 
-async function runCase(base: Variant, point: string, error: "EIO" | "ENOSPC", persistent: boolean, seed: number) {
+async function runCase(
+  base: Variant,
+  point: string,
+  error: "EIO" | "ENOSPC",
+  persistent: boolean,
+  seed: number,
+) {
   const v = point === "cow_write" ? (cowVariants[base.name] ?? base) : base;
   const hits = hitsOf(await hitsFor(v, seed, point), point);
   expect(hits, `workload never reaches write point ${point}`).toBeGreaterThan(0);

@@ -1,5 +1,5 @@
-import { beforeAll, describe, expect, it } from "vitest";
 import { open } from "node:fs/promises";
+import { beforeAll, describe, expect, it } from "vitest";
 import { buildSeeds, fuzz, mutate, type Seed, withoutFileOpens } from "./fuzz.js";
 import { requireQemuImg } from "./images.js";
 
@@ -13,7 +13,8 @@ beforeAll(() => {
 
 describe("mutation fuzzer", () => {
   it("mutations are reproducible from the case seed and never touch the seed image", () => {
-    const seed = seeds[0]!;
+    const seed = seeds[0];
+    if (seed === undefined) throw new Error("no seeds");
     const before = Buffer.from(seed.bytes);
     const a = mutate(seed, 42);
     const b = mutate(seed, 42);
@@ -33,7 +34,9 @@ describe("mutation fuzzer", () => {
 
   it("20 000 cases: only EngineErrors, each case within its budget, bounded memory, no file opened", async () => {
     const report = await fuzz(seeds, { cases: 20_000, baseSeed: 20_260_000 });
-    expect(report.findings.map((f) => `${f.seed} case ${f.caseSeed} [${f.mutations.join("; ")}]: ${f.problem}`)).toEqual([]);
+    expect(
+      report.findings.map((f) => `${f.seed} case ${f.caseSeed} [${f.mutations.join("; ")}]: ${f.problem}`),
+    ).toEqual([]);
     expect(report.cases).toBe(20_000);
     // Most mutants must still open, or the cases would only exercise header validation.
     expect(report.opened).toBeGreaterThan(report.cases / 3);

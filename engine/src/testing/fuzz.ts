@@ -40,7 +40,20 @@ export interface FuzzFinding {
 
 const U32 = 0xffffffff;
 /** Boundary values from QEMU's image-fuzzer (fuzz.py): small powers, UINT32/UINT64 edges and halves. */
-const VECTORS32 = [0, 1, 0x100, 0x1000, 0x10000, 0x100000, U32 / 4, 0x7fffffff, 0x80000000, 0x80000001, U32 - 1, U32];
+const VECTORS32 = [
+  0,
+  1,
+  0x100,
+  0x1000,
+  0x10000,
+  0x100000,
+  U32 / 4,
+  0x7fffffff,
+  0x80000000,
+  0x80000001,
+  U32 - 1,
+  U32,
+];
 const VECTORS64: bigint[] = [
   0n,
   1n,
@@ -67,7 +80,17 @@ export function buildSeeds(): Seed[] {
   try {
     const p = (name: string) => join(dir, name);
     const data = (path: string, fmt: string) =>
-      run("qemu-io", ["-f", fmt, "-c", "write -P 0x5a 0 12k", "-c", "write -P 0x33 300k 8k", "-c", "write -z 600k 4k", path]);
+      run("qemu-io", [
+        "-f",
+        fmt,
+        "-c",
+        "write -P 0x5a 0 12k",
+        "-c",
+        "write -P 0x33 300k 8k",
+        "-c",
+        "write -z 600k 4k",
+        path,
+      ]);
     const seeds: Seed[] = [];
     const qcow2 = (name: string, opts: string, size = "1M") => {
       run("qemu-img", ["create", "-q", "-f", "qcow2", "-o", opts, p(name), size]);
@@ -77,9 +100,24 @@ export function buildSeeds(): Seed[] {
     seeds.push(qcow2Seed("qcow2-v2", fs.readFileSync(qcow2("v2.qcow2", "compat=0.10,cluster_size=4096"))));
     seeds.push(qcow2Seed("qcow2-v3", fs.readFileSync(qcow2("v3.qcow2", "compat=1.1,cluster_size=4096"))));
     seeds.push(
-      qcow2Seed("qcow2-extl2", fs.readFileSync(qcow2("extl2.qcow2", "compat=1.1,cluster_size=16384,extended_l2=on"))),
+      qcow2Seed(
+        "qcow2-extl2",
+        fs.readFileSync(qcow2("extl2.qcow2", "compat=1.1,cluster_size=16384,extended_l2=on")),
+      ),
     );
-    run("qemu-img", ["convert", "-q", "-c", "-f", "qcow2", "-O", "qcow2", "-o", "cluster_size=4096", p("v3.qcow2"), p("comp.qcow2")]);
+    run("qemu-img", [
+      "convert",
+      "-q",
+      "-c",
+      "-f",
+      "qcow2",
+      "-O",
+      "qcow2",
+      "-o",
+      "cluster_size=4096",
+      p("v3.qcow2"),
+      p("comp.qcow2"),
+    ]);
     seeds.push(qcow2Seed("qcow2-compressed", fs.readFileSync(p("comp.qcow2"))));
     const snap = qcow2("snap.qcow2", "compat=1.1,cluster_size=4096");
     run("qemu-img", ["snapshot", "-c", "s1", snap]);
@@ -87,14 +125,40 @@ export function buildSeeds(): Seed[] {
     seeds.push(qcow2Seed("qcow2-snapshot", fs.readFileSync(snap)));
     const base = p("base.qcow2");
     fs.copyFileSync(p("v3.qcow2"), base);
-    run("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", "-b", "base.qcow2", "-F", "qcow2", p("overlay.qcow2")]);
+    run("qemu-img", [
+      "create",
+      "-q",
+      "-f",
+      "qcow2",
+      "-o",
+      "cluster_size=4096",
+      "-b",
+      "base.qcow2",
+      "-F",
+      "qcow2",
+      p("overlay.qcow2"),
+    ]);
     run("qemu-io", ["-f", "qcow2", "-c", "write -P 0x44 8k 8k", p("overlay.qcow2")]);
-    seeds.push({ ...qcow2Seed("qcow2-overlay", fs.readFileSync(p("overlay.qcow2"))), backing: fs.readFileSync(base) });
+    seeds.push({
+      ...qcow2Seed("qcow2-overlay", fs.readFileSync(p("overlay.qcow2"))),
+      backing: fs.readFileSync(base),
+    });
 
     run("qemu-img", ["create", "-q", "-f", "vmdk", "-o", "subformat=monolithicSparse", p("s.vmdk"), "1M"]);
     data(p("s.vmdk"), "vmdk");
     seeds.push(vmdkSeed("vmdk-sparse", fs.readFileSync(p("s.vmdk"))));
-    run("qemu-img", ["convert", "-q", "-f", "vmdk", "-O", "vmdk", "-o", "subformat=streamOptimized", p("s.vmdk"), p("so.vmdk")]);
+    run("qemu-img", [
+      "convert",
+      "-q",
+      "-f",
+      "vmdk",
+      "-O",
+      "vmdk",
+      "-o",
+      "subformat=streamOptimized",
+      p("s.vmdk"),
+      p("so.vmdk"),
+    ]);
     seeds.push(vmdkSeed("vmdk-stream", fs.readFileSync(p("so.vmdk"))));
     return seeds;
   } finally {
@@ -132,12 +196,20 @@ function qcow2Seed(name: string, bytes: Uint8Array): Seed {
   ];
   for (let i = 0; i < l1Size; i++) {
     const l2 = be64(bytes, l1 + i * 8) & ~511;
-    if (l2 !== 0 && l2 + cs <= bytes.length) regions.push({ name: `l2[${i}]`, start: l2, end: l2 + cs, entry: 8 });
+    if (l2 !== 0 && l2 + cs <= bytes.length)
+      regions.push({ name: `l2[${i}]`, start: l2, end: l2 + cs, entry: 8 });
   }
   const block = be64(bytes, rt) & ~511;
-  if (block !== 0) regions.push({ name: "refblock0", start: block, end: Math.min(block + cs, bytes.length), entry: 1 });
-  if (snaps !== 0) regions.push({ name: "snapshots", start: snaps, end: Math.min(snaps + 256, bytes.length), entry: 4 });
-  return { name, format: "qcow2", bytes, regions: regions.filter((r) => r.end > r.start && r.end <= bytes.length) };
+  if (block !== 0)
+    regions.push({ name: "refblock0", start: block, end: Math.min(block + cs, bytes.length), entry: 1 });
+  if (snaps !== 0)
+    regions.push({ name: "snapshots", start: snaps, end: Math.min(snaps + 256, bytes.length), entry: 4 });
+  return {
+    name,
+    format: "qcow2",
+    bytes,
+    regions: regions.filter((r) => r.end > r.start && r.end <= bytes.length),
+  };
 }
 
 function vmdkSeed(name: string, bytes: Uint8Array): Seed {
@@ -147,24 +219,40 @@ function vmdkSeed(name: string, bytes: Uint8Array): Seed {
   ];
   const descOffset = le64(bytes, 28) * 512;
   const descSize = le64(bytes, 36) * 512;
-  if (descOffset > 0) regions.push({ name: "descriptor", start: descOffset, end: Math.min(descOffset + Math.min(descSize, 1024), bytes.length), entry: 1 });
+  if (descOffset > 0)
+    regions.push({
+      name: "descriptor",
+      start: descOffset,
+      end: Math.min(descOffset + Math.min(descSize, 1024), bytes.length),
+      entry: 1,
+    });
   const footer = bytes.length - 1024;
   if (le64(bytes, 56) === 0xffffffffffff) {
     regions.push({ name: "footer", start: footer, end: footer + 80, entry: 4 });
     regions.push({ name: "eos", start: bytes.length - 512, end: bytes.length, entry: 4 });
   }
-  for (const [what, at] of [["gd", 56], ["rgd", 48]] as const) {
+  for (const [what, at] of [
+    ["gd", 56],
+    ["rgd", 48],
+  ] as const) {
     const gd = le64(bytes, at) * 512;
     if (gd > 0 && gd < bytes.length) {
       regions.push({ name: what, start: gd, end: Math.min(gd + 64, bytes.length), entry: 4 });
       const gt = le32(bytes, gd) * 512;
-      if (gt > 0 && gt < bytes.length) regions.push({ name: `${what}-table0`, start: gt, end: Math.min(gt + 2048, bytes.length), entry: 4 });
+      if (gt > 0 && gt < bytes.length)
+        regions.push({ name: `${what}-table0`, start: gt, end: Math.min(gt + 2048, bytes.length), entry: 4 });
     }
   }
   // Grain markers of streamOptimized images sit right after the metadata: mutate some too.
   const grains = le64(bytes, 64) * 512;
-  if (grains > 0 && grains < bytes.length) regions.push({ name: "grains", start: grains, end: Math.min(grains + 4096, bytes.length), entry: 4 });
-  return { name, format: "vmdk", bytes, regions: regions.filter((r) => r.end > r.start && r.end <= bytes.length) };
+  if (grains > 0 && grains < bytes.length)
+    regions.push({ name: "grains", start: grains, end: Math.min(grains + 4096, bytes.length), entry: 4 });
+  return {
+    name,
+    format: "vmdk",
+    bytes,
+    regions: regions.filter((r) => r.end > r.start && r.end <= bytes.length),
+  };
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -232,7 +320,12 @@ export const DEFAULT_LIMITS: FuzzLimits = { caseMillis: 2000, rssGrowthBytes: 76
 
 const SAMPLE = 16 * 1024;
 
-async function exercise(img: BlockImage, random: () => number, signal: AbortSignal, write: boolean): Promise<void> {
+async function exercise(
+  img: BlockImage,
+  random: () => number,
+  signal: AbortSignal,
+  write: boolean,
+): Promise<void> {
   let extents = 0;
   for await (const _ of mapExtents(img, { signal })) {
     if (++extents > 100_000) break;
@@ -278,7 +371,10 @@ async function runCase(
     : undefined;
   const withBacking = backing ? { backing } : {};
   await tolerate(async () => {
-    const img = await driver.open(createMemoryFile({ data: bytes, readOnly: true }), { readOnly: true, ...withBacking });
+    const img = await driver.open(createMemoryFile({ data: bytes, readOnly: true }), {
+      readOnly: true,
+      ...withBacking,
+    });
     opened = true;
     try {
       await tolerate(() => exercise(img, random, signal, false));
@@ -303,7 +399,12 @@ async function runCase(
 /** Makes every way of opening a file through node:fs fail loudly while `fn` runs. */
 export async function withoutFileOpens<T>(fn: (opened: string[]) => Promise<T>): Promise<T> {
   const opened: string[] = [];
-  const saved = { open: fs.open, openSync: fs.openSync, promisesOpen: fsPromises.open, readFile: fs.readFileSync };
+  const saved = {
+    open: fs.open,
+    openSync: fs.openSync,
+    promisesOpen: fsPromises.open,
+    readFile: fs.readFileSync,
+  };
   const deny = (path: unknown) => {
     opened.push(String(path));
     throw new Error(`fuzz case opened a file: ${String(path)}`);
@@ -344,7 +445,8 @@ export async function fuzz(
   const rssStart = process.memoryUsage().rss;
   await withoutFileOpens(async (opened) => {
     for (let i = 0; i < opts.cases; i++) {
-      const seed = seeds[i % seeds.length]!;
+      const seed = seeds[i % seeds.length];
+      if (seed === undefined) break;
       const caseSeed = opts.baseSeed + i;
       const { bytes, mutations } = mutate(seed, caseSeed);
       const started = performance.now();

@@ -26,10 +26,16 @@ beforeAll(() => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function qemuImage(format: "qcow2" | "vmdk", options: string, io: string[] = ["write -P 0x11 0 64k"], size = "8M"): Buffer {
+function qemuImage(
+  format: "qcow2" | "vmdk",
+  options: string,
+  io: string[] = ["write -P 0x11 0 64k"],
+  size = "8M",
+): Buffer {
   const path = join(dir, `img-${counter++}.${format}`);
   execFileSync("qemu-img", ["create", "-q", "-f", format, "-o", options, path, size]);
-  if (io.length > 0) execFileSync("qemu-io", ["-f", format, ...io.flatMap((c) => ["-c", c]), path], { stdio: "ignore" });
+  if (io.length > 0)
+    execFileSync("qemu-io", ["-f", format, ...io.flatMap((c) => ["-c", c]), path], { stdio: "ignore" });
   return readFileSync(path);
 }
 
@@ -69,7 +75,8 @@ function openQcow2(bytes: Uint8Array, readOnly = true): Promise<BlockImage> {
 }
 
 async function readWhole(img: BlockImage): Promise<void> {
-  for (let at = 0; at < img.virtualSize; at += 1 << 20) await readAt(img, at, Math.min(1 << 20, img.virtualSize - at));
+  for (let at = 0; at < img.virtualSize; at += 1 << 20)
+    await readAt(img, at, Math.min(1 << 20, img.virtualSize - at));
 }
 
 describe("qcow2 header fields (row B, remaining cases)", () => {
@@ -123,7 +130,10 @@ describe("qcow2 header fields (row B, remaining cases)", () => {
     const b = qemuImage("qcow2", "cluster_size=4096", []);
     u32(b, 60, 1);
     u64(b, 64, 4096n + 8n);
-    expect(await rejects(() => openQcow2(b))).toMatchObject({ code: "CORRUPT", reason: "QCOW2_TABLE_OFFSET_INVALID" });
+    expect(await rejects(() => openQcow2(b))).toMatchObject({
+      code: "CORRUPT",
+      reason: "QCOW2_TABLE_OFFSET_INVALID",
+    });
   });
 
   it("B17 snapshot table beyond the end of the file", async () => {
@@ -244,7 +254,9 @@ describe("vmdk (row F, remaining cases)", () => {
   it("F4 capacity 0 with an embedded descriptor (descriptor indirection)", async () => {
     const b = qemuImage("vmdk", "subformat=monolithicSparse", []);
     b.writeBigUInt64LE(0n, 12);
-    const err = await rejects(() => vmdkDriver.open(createMemoryFile({ data: b, readOnly: true }), { readOnly: true }));
+    const err = await rejects(() =>
+      vmdkDriver.open(createMemoryFile({ data: b, readOnly: true }), { readOnly: true }),
+    );
     expect(err).toMatchObject({ code: "UNSUPPORTED", reason: "VMDK_DESCRIPTOR_FILE" });
   });
 

@@ -42,7 +42,12 @@ export function vmdkVariant(name: string, opts: { size: number; grainSize: numbe
   return {
     name,
     format: "vmdk",
-    create: { size: opts.size, prealloc: "off", clusterSize: opts.grainSize, vmdk: { subformat: "monolithicSparse" } },
+    create: {
+      size: opts.size,
+      prealloc: "off",
+      clusterSize: opts.grainSize,
+      vmdk: { subformat: "monolithicSparse" },
+    },
     tableCoverage: 512 * opts.grainSize,
   };
 }
@@ -68,7 +73,8 @@ export async function openBytes(v: Variant, bytes: Uint8Array, readOnly = false)
 
 export function requireQemuImg(): void {
   const r = spawnSync("qemu-img", ["--version"]);
-  if (r.status !== 0) throw new Error("qemu-img is not installed: the reliability tests need it (qemu-utils)");
+  if (r.status !== 0)
+    throw new Error("qemu-img is not installed: the reliability tests need it (qemu-utils)");
 }
 
 const scratch = join(tmpdir(), `vdisk-rel-${process.pid}`);

@@ -68,7 +68,11 @@ async function typicalCalls(v: Variant): Promise<number> {
   return calls;
 }
 
-export async function powerLossIteration(v: Variant, seed: number, opts: { qemu: boolean }): Promise<IterationResult> {
+export async function powerLossIteration(
+  v: Variant,
+  seed: number,
+  opts: { qemu: boolean },
+): Promise<IterationResult> {
   const random = rng(seed ^ 0x5eed);
   const mode = (["keep", "drop", "torn"] as const)[seed % 3] ?? "torn";
   const cutAfter = below(random, Math.ceil((await typicalCalls(v)) * 1.1) + 1);
@@ -77,23 +81,34 @@ export async function powerLossIteration(v: Variant, seed: number, opts: { qemu:
   const oracle = new SectorOracle(v.create.size);
   file.cutPowerAfter(cutAfter);
   const run = await runWorkload(img, workload(v, seed), oracle, { stopOnError: true });
-  const result: IterationResult = { variant: v.name, seed, mode, cutAfter, opsCompleted: run.completed, problems: [] };
+  const result: IterationResult = {
+    variant: v.name,
+    seed,
+    mode,
+    cutAfter,
+    opsCompleted: run.completed,
+    problems: [],
+  };
   for (const e of run.errors) {
-    if (!file.powerLost) result.problems.push(`op ${e.op} (${e.kind}) failed before the power cut: ${e.error.message}`);
+    if (!file.powerLost)
+      result.problems.push(`op ${e.op} (${e.kind}) failed before the power cut: ${e.error.message}`);
   }
   const bytes = await file.crash({ mode, seed });
 
   const dirtyQcow2 = v.format === "qcow2" && ((bytes[79] ?? 0) & 1) === 1;
   if (opts.qemu && !dirtyQcow2) {
     const q = qemuCheck(bytes, v.format);
-    if (q.code !== 0 && q.code !== 3) result.problems.push(`qemu-img check exit ${q.code}: ${q.output.slice(0, 800)}`);
+    if (q.code !== 0 && q.code !== 3)
+      result.problems.push(`qemu-img check exit ${q.code}: ${q.output.slice(0, 800)}`);
   }
   const after = createMemoryFile({ data: bytes });
   try {
     const reopened = await openOn(v, after);
     const check = await reopened.check({ repair: "none" });
     if (check.corruptions > 0) {
-      result.problems.push(`check: ${check.corruptions} corruptions: ${check.messages.slice(0, 5).join("; ")}`);
+      result.problems.push(
+        `check: ${check.corruptions} corruptions: ${check.messages.slice(0, 5).join("; ")}`,
+      );
     }
     result.problems.push(...(await oracle.verify(reopened)));
     await reopened.close();

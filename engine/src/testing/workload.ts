@@ -47,7 +47,8 @@ export function makeWorkload(seed: number, shape: WorkloadShape): Op[] {
       const edges = Math.max(1, Math.floor(size / shape.tableCoverage));
       offset = (1 + below(random, edges)) * shape.tableCoverage - (1 + below(random, 8)) * SECTOR;
     } else if (r < 0.5) {
-      offset = below(random, Math.max(1, size / shape.clusterSize)) * shape.clusterSize + below(random, 4) * SECTOR;
+      offset =
+        below(random, Math.max(1, size / shape.clusterSize)) * shape.clusterSize + below(random, 4) * SECTOR;
     } else {
       offset = below(random, sectors()) * SECTOR;
     }
@@ -63,7 +64,8 @@ export function makeWorkload(seed: number, shape: WorkloadShape): Op[] {
     }
     const r = random();
     if (r < 0.55) ops.push({ kind: "write", ...range(3 * shape.clusterSize), tag: 1 + below(random, 254) });
-    else if (r < 0.67 && shape.zero) ops.push({ kind: "zero", ...range(4 * shape.clusterSize), mayUnmap: random() < 0.5 });
+    else if (r < 0.67 && shape.zero)
+      ops.push({ kind: "zero", ...range(4 * shape.clusterSize), mayUnmap: random() < 0.5 });
     else if (r < 0.77 && shape.discard) ops.push({ kind: "discard", ...range(4 * shape.clusterSize) });
     else ops.push({ kind: "flush" });
   }
@@ -73,7 +75,8 @@ export function makeWorkload(seed: number, shape: WorkloadShape): Op[] {
 /** The bytes a write op carries: never all zero, different for each op and offset. */
 export function opData(op: { offset: number; length: number; tag: number }): Uint8Array {
   const data = new Uint8Array(op.length);
-  for (let i = 0; i < data.length; i++) data[i] = ((op.offset + i) * 7 + op.tag * 13 + (i >> 9)) & 255 || op.tag;
+  for (let i = 0; i < data.length; i++)
+    data[i] = ((op.offset + i) * 7 + op.tag * 13 + (i >> 9)) & 255 || op.tag;
   return data;
 }
 
