@@ -57,7 +57,7 @@ async function expectSparsenessKept(source: string, sourceFormat: Format, copy: 
 }
 
 async function expectIdentical(a: string, aFormat: Format, b: string, bFormat: Format): Promise<void> {
-  const { stdout } = await run("qemu-img", ["compare", "-f", aFormat, "-F", bFormat, a, b]);
+  const { stdout } = await run("qemu-img", ["compare", "-U", "-f", aFormat, "-F", bFormat, a, b]);
   expect(stdout).toContain("identical");
 }
 

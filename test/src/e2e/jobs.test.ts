@@ -103,8 +103,8 @@ describe("jobs end to end", () => {
     expect(back).toMatchObject({ format: "raw", capacityBytes: 64 * MiB });
 
     const file = (name: string, format: string) => join(poolDir, `${name}.${format}`);
-    await run("qemu-img", ["compare", "-f", "raw", "-F", "qcow2", file("src", "raw"), file("src-q", "qcow2")]);
-    await run("qemu-img", ["compare", "-f", "qcow2", "-F", "raw", file("src-q", "qcow2"), file("src-r", "raw")]);
+    await run("qemu-img", ["compare", "-U", "-f", "raw", "-F", "qcow2", file("src", "raw"), file("src-q", "qcow2")]);
+    await run("qemu-img", ["compare", "-U", "-f", "qcow2", "-F", "raw", file("src-q", "qcow2"), file("src-r", "raw")]);
 
     const dataRuns = async (name: string) =>
       (await client.getAllocationMap(name).collect()).extents
@@ -163,8 +163,8 @@ describe("jobs end to end", () => {
     for await (const piece of client.readVolume("rq", { offset: MiB, length: MiB, sparse: false }))
       if ("data" in piece) bytes.set(piece.data, piece.offset - MiB);
     expect(Buffer.from(bytes).equals(Buffer.from(pattern(MiB, 5)))).toBe(true);
-    await run("qemu-img", ["check", "-f", "qcow2", join(poolDir, "rq.qcow2")]);
-    const { stdout } = await run("qemu-img", ["info", "--output=json", join(poolDir, "rq.qcow2")]);
+    await run("qemu-img", ["check", "-U", "-f", "qcow2", join(poolDir, "rq.qcow2")]);
+    const { stdout } = await run("qemu-img", ["info", "-U", "--output=json", join(poolDir, "rq.qcow2")]);
     expect((JSON.parse(stdout) as { "virtual-size": number })["virtual-size"]).toBe(4 * MiB);
   });
 
