@@ -117,12 +117,23 @@ describe("input validation", () => {
   });
 
   it("answers UNIMPLEMENTED with what is missing", async () => {
+    // Resizing vmdk volumes is the one operation still missing (QEMU does not resize vmdk either).
+    await createVolume(h, "unresizable", { format: VolumeFormat.VOLUME_FORMAT_VMDK, capacityBytes: 1048576n });
     const err = await expectStatus(
-      collect(h.volumes.exportVolume({ name: "x", format: 0, compress: false, chunkSize: 0 })),
+      collect(
+        h.volumes.resizeVolume({
+          name: "unresizable",
+          capacityBytes: 2097152n,
+          allowShrink: false,
+          preallocation: 0,
+          requestId: "",
+          cancelOnDisconnect: false,
+        }),
+      ),
       status.UNIMPLEMENTED,
       "NOT_IMPLEMENTED",
     );
-    expect(err.details).toMatch(/^ExportVolume is not implemented yet \(/);
+    expect(err.details).toMatch(/^ResizeVolume for vmdk is not implemented yet \(/);
   });
 });
 
