@@ -107,6 +107,11 @@ export async function flattenImage(
   opts: { base?: BlockImage; baseLink?: import("../block-image.js").BackingLink; signal?: AbortSignal; onProgress?: ProgressFn },
 ): Promise<AllocateResult> {
   if (opts.base && !opts.baseLink) throw new EngineError("INVALID_ARGUMENT", "a base needs its backing link", { reason: "BASE_LINK_REQUIRED" });
+  // Already flat: nothing to copy and no link to drop (and formats without backing links, like raw, qualify).
+  if (top.backing === undefined && opts.base === undefined) {
+    opts.onProgress?.(top.virtualSize, top.virtualSize, "done");
+    return { copiedBytes: 0, zeroedBytes: 0, unchangedBytes: top.virtualSize };
+  }
   const result = await allocateRange(top, {
     offset: 0,
     length: top.virtualSize,
