@@ -43,7 +43,7 @@ interface MapEntry {
 }
 
 async function dataRanges(file: string, format: Format): Promise<Array<[number, number]>> {
-  const entries = JSON.parse(await qemuImg("map", "--output=json", "-f", format, file)) as MapEntry[];
+  const entries = JSON.parse(await qemuImg("map", "-U", "--output=json", "-f", format, file)) as MapEntry[];
   return entries.filter((e) => e.data).map((e) => [e.start, e.start + e.length]);
 }
 
