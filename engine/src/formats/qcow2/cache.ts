@@ -1,0 +1,108 @@
+import type { HostFile } from "../../host/host-file.js";
+
+interface CacheEntry {
+  data: Buffer;
+  dirty: boolean;
+}
+
+/**
+ * A write-back cache of one kind of cluster-sized metadata table (L2 tables or refcount blocks),
+ * kept in LRU order. It never writes on its own: `writeDirty` is called by the image's ordered flush
+ * (Qcow2Metadata.flush), which is where the crash-ordering rules live — refcount blocks before the
+ * tables that reference new clusters, L2 before L1, decrements only after references are durable.
+ * Entries are only evicted between top-level operations (`trim`), so a table buffer obtained inside
+ * an operation stays the cached one until the operation ends.
+ */
+export class MetadataCache {
+  private readonly entries = new Map<number, CacheEntry>();
+
+  constructor(
+    private readonly file: HostFile,
+    readonly tableBytes: number,
+    readonly maxEntries: number,
+  ) {}
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  /** Returns the table at `offset`, reading it on a miss. The caller validated the offset. */
+  async get(offset: number): Promise<Buffer> {
+    const hit = this.entries.get(offset);
+    if (hit) {
+      this.entries.delete(offset);
+      this.entries.set(offset, hit);
+      return hit.data;
+    }
+    const data = Buffer.alloc(this.tableBytes);
+    await this.file.readFull(offset, data);
+    const again = this.entries.get(offset); // a concurrent miss may have loaded it meanwhile
+    if (again) return again.data;
+    this.entries.set(offset, { data, dirty: false });
+    return data;
+  }
+
+  /** Installs a table that does not exist on disk yet (zero-filled or a copy), marked dirty. */
+  install(offset: number, contents?: Uint8Array): Buffer {
+    const data = Buffer.alloc(this.tableBytes);
+    if (contents) data.set(contents.subarray(0, this.tableBytes));
+    this.entries.delete(offset);
+    this.entries.set(offset, { data, dirty: true });
+    return data;
+  }
+
+  has(offset: number): boolean {
+    return this.entries.has(offset);
+  }
+
+  markDirty(offset: number): void {
+    const e = this.entries.get(offset);
+    if (!e) throw new Error(`metadata cache: marking an uncached table dirty (${offset})`);
+    e.dirty = true;
+  }
+
+  /** Forgets a table (it was freed); its dirty contents no longer matter. */
+  drop(offset: number): void {
+    this.entries.delete(offset);
+  }
+
+  hasDirty(): boolean {
+    for (const e of this.entries.values()) if (e.dirty) return true;
+    return false;
+  }
+
+  /** Writes all dirty tables, coalescing tables adjacent on disk into one request. Returns whether it wrote. */
+  async writeDirty(): Promise<boolean> {
+    const dirty = [...this.entries.entries()].filter(([, e]) => e.dirty).sort((a, b) => a[0] - b[0]);
+    if (dirty.length === 0) return false;
+    let group: { start: number; buffers: Buffer[] } | undefined;
+    for (const [offset, entry] of dirty) {
+      if (group && offset === group.start + group.buffers.length * this.tableBytes) {
+        group.buffers.push(entry.data);
+        continue;
+      }
+      if (group) await this.file.writev(group.start, group.buffers);
+      group = { start: offset, buffers: [entry.data] };
+    }
+    if (group) await this.file.writev(group.start, group.buffers);
+    for (const [, e] of dirty) e.dirty = false;
+    return true;
+  }
+
+  overCapacity(): boolean {
+    return this.entries.size > this.maxEntries;
+  }
+
+  /** Evicts clean entries in LRU order until within capacity. */
+  trim(): void {
+    if (this.entries.size <= this.maxEntries) return;
+    for (const [offset, e] of this.entries) {
+      if (this.entries.size <= this.maxEntries) break;
+      if (!e.dirty) this.entries.delete(offset);
+    }
+  }
+
+  clear(): void {
+    this.entries.clear();
+  }
+}
