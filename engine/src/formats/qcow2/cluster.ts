@@ -329,8 +329,6 @@ export interface ZeroPlan {
   unmap: boolean;
   /** What an emptied cluster becomes: zero flag (v3) or unallocated (v2 / discard without backing). */
   mode: "zero-flag" | "unallocate";
-  /** No backing: unallocated clusters already read as zeros and need no change. */
-  hasBacking: boolean;
 }
 
 /** Marks whole clusters as zero (v3 zero flag) or unallocates them; old storage is released afterwards. */
@@ -342,8 +340,8 @@ export async function zeroClusters(md: Qcow2Metadata, plan: ZeroPlan): Promise<v
   while (pos < end) {
     const l1Index = l1IndexOf(layout, pos);
     const tableEnd = Math.min(end, (l1Index + 1) * layout.l2Coverage);
-    if (!plan.hasBacking && md.l2OffsetAt(l1Index).l2Offset === 0) {
-      pos = tableEnd; // nothing allocated here and nothing beneath: already zeros
+    if (plan.mode === "unallocate" && md.l2OffsetAt(l1Index).l2Offset === 0) {
+      pos = tableEnd; // no table: nothing here to unallocate
       continue;
     }
     const { table, offset: tableOffset } = await getL2ForWrite(md, l1Index);
@@ -362,7 +360,6 @@ export async function zeroClusters(md: Qcow2Metadata, plan: ZeroPlan): Promise<v
         if (!keep) releaseHost(md, e);
       } else {
         if (e.type === "zero-plain" || (e.type === "zero-alloc" && keep)) continue;
-        if (!plan.hasBacking && e.type === "unallocated") continue;
         const { hi, lo } = keep
           ? encodeStandardEntry(e.hostOffset, true, true)
           : encodeStandardEntry(0, true, false);
@@ -439,7 +436,6 @@ export async function freeClustersFrom(md: Qcow2Metadata, from: number, end: num
           clusters: (tableEnd - pos) / cs,
           unmap: true,
           mode: "unallocate",
-          hasBacking: true,
         });
       }
     }

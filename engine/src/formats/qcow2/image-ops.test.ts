@@ -105,6 +105,18 @@ describe("qcow2 image operations", () => {
     expect(out.every((b) => b === 0)).toBe(true);
   });
 
+  it("whole-cluster zero writes on a thin v3 image record zero clusters (Allocate metadata), as QEMU does", async () => {
+    const { img } = await memoryImage();
+    await img.writeZeroes(65536, 3 * 65536, { mayUnmap: false });
+    expect(await img.blockStatus(65536, 3 * 65536)).toEqual({
+      length: 3 * 65536,
+      allocated: true,
+      data: false,
+      zero: true,
+    });
+    expect(await img.blockStatus(0, 65536)).toMatchObject({ allocated: false });
+  });
+
   it("v2 with a backing file cannot zero without data: UNSUPPORTED with noFallback, zeros written otherwise", async () => {
     const base = await memoryImage({ qcow2: { compat: "0.10" } });
     await base.img.write(0, Buffer.alloc(65536, 9));
@@ -153,6 +165,12 @@ describe("qcow2 image operations", () => {
       backingFormat: "qcow2",
       version: 3,
     });
+    expect(await errorOf(inspect.read(0, Buffer.alloc(512)))).toMatchObject({
+      reason: "QCOW2_BACKING_REQUIRED",
+    });
+    const rw = await qcow2Driver.open(top.file, { readOnly: false, allowMissingBacking: true });
+    expect(await errorOf(rw.write(0, Buffer.alloc(512)))).toMatchObject({ reason: "QCOW2_BACKING_REQUIRED" });
+    expect((await rw.check({ repair: "none" })).corruptions).toBe(0);
   });
 
   it.each([

@@ -188,3 +188,23 @@ export function withoutDeferredOffsets(entries: MapEntry[]): MapEntry[] {
   }
   return out;
 }
+
+/**
+ * Write `i` of the crash workload: a partial-cluster-aligned run inside its own 3-cluster slot, so
+ * every acknowledged write has exactly one expected content. Undefined past the image end.
+ */
+export function slotWrite(
+  i: number,
+  clusterSize: number,
+  size: number,
+): { offset: number; data: Buffer } | undefined {
+  const slot = 3 * clusterSize;
+  // Visit slots in a scattered order so new L2 tables and refcount blocks keep being allocated.
+  const slots = Math.floor(size / slot);
+  if (i >= slots) return undefined;
+  const index = (i * 7919) % slots;
+  const rand = rng(i + 1);
+  const start = Math.floor(rand() * clusterSize);
+  const length = 1 + Math.floor(rand() * (2 * clusterSize - 1));
+  return { offset: index * slot + start, data: Buffer.alloc(length, (i % 251) + 1) };
+}

@@ -42,6 +42,12 @@ const MAX_TRANSFER = 16 * 1024 * 1024;
 /** Guest bytes preallocated per step between progress reports and cancellation checks. */
 const PREALLOC_STEP = 256 * 1024 * 1024;
 
+function missingBacking(): EngineError {
+  return new EngineError("FAILED_PRECONDITION", "qcow2: the backing image was not supplied", {
+    reason: "QCOW2_BACKING_REQUIRED",
+  });
+}
+
 /** Metadata corruption that must stop writes. A bad compressed payload is a read error of one cluster (as in QEMU). */
 export function isCorruption(err: unknown): boolean {
   return (
@@ -103,6 +109,8 @@ export class Qcow2Image implements BlockImage {
     if (this.readOnly)
       throw new EngineError("READ_ONLY", "qcow2: image is open read-only", { reason: "READ_ONLY" });
     this.md.assertWritable();
+    // Copy-on-write and zeroing decisions depend on the backing content: never guess it.
+    if (this.md.header.backingFile !== undefined && this.backing === undefined) throw missingBacking();
   }
 
   read(offset: number, into: Uint8Array, opts?: IoOptions): Promise<void> {
@@ -157,6 +165,7 @@ export class Qcow2Image implements BlockImage {
   private async readBacking(offset: number, part: Uint8Array): Promise<void> {
     const backing = this.backing;
     if (!backing) {
+      if (this.md.header.backingFile !== undefined) throw missingBacking();
       part.fill(0);
       return;
     }
@@ -217,7 +226,6 @@ export class Qcow2Image implements BlockImage {
             clusters: (wholeEnd - first) / cs,
             unmap: opts?.mayUnmap === true,
             mode: v2 ? "unallocate" : "zero-flag",
-            hasBacking,
           });
         }
       }
@@ -273,7 +281,6 @@ export class Qcow2Image implements BlockImage {
         clusters: (end - first) / cs,
         unmap: true,
         mode: hasBacking ? "zero-flag" : "unallocate",
-        hasBacking,
       });
       this.lastInflated = undefined;
       await this.md.trimCaches();
@@ -380,7 +387,6 @@ export class Qcow2Image implements BlockImage {
         clusters: (wholeEnd - from) / cs,
         unmap: true,
         mode: "zero-flag",
-        hasBacking: true,
       });
     }
     if (wholeEnd < end) await this.writeZeroBuffers(wholeEnd, end - wholeEnd);

@@ -35,6 +35,7 @@ interface Config {
   lazy?: boolean;
   prealloc?: PreallocMode;
   preallocBytes?: number;
+  extendedL2?: boolean;
 }
 
 const MiB = 1024 * 1024;
@@ -52,6 +53,15 @@ const configs: Config[] = [
   { name: "v3 full", size: 32 * MiB, clusterSize: 65536, compat: "1.1", prealloc: "full" },
   { name: "v2 metadata 4K", size: 16 * MiB, clusterSize: 4096, compat: "0.10", prealloc: "metadata" },
   { name: "v2 full 512B", size: 2 * MiB, clusterSize: 512, compat: "0.10", prealloc: "full" },
+  { name: "v3 extended L2 32K", size: 512 * MiB, clusterSize: 32768, compat: "1.1", extendedL2: true },
+  {
+    name: "v3 extended L2 metadata",
+    size: 32 * MiB,
+    clusterSize: 65536,
+    compat: "1.1",
+    extendedL2: true,
+    prealloc: "metadata",
+  },
   {
     name: "v3 metadata prefix",
     size: 64 * MiB,
@@ -72,6 +82,7 @@ function createOptions(c: Config, backing?: CreateOptions["backing"]): CreateOpt
       compat: c.compat,
       ...(c.refcountBits ? { refcountBits: c.refcountBits } : {}),
       lazyRefcounts: c.lazy === true,
+      extendedL2: c.extendedL2 === true,
     },
     ...(backing ? { backing } : {}),
   };
@@ -108,7 +119,7 @@ describe("vdisk-created qcow2 images pass qemu-img", () => {
       const path = join(dir, `${c.name.replace(/\W+/g, "_")}.qcow2`);
       const shadow = new Shadow(`${path}.raw`, c.size);
       const img = await createImage(path, createOptions(c));
-      const layout = makeLayout(Math.log2(c.clusterSize), 4, false);
+      const layout = makeLayout(Math.log2(c.clusterSize), 4, c.extendedL2 === true);
       await runWorkload(img, shadow, {
         seed: c.size ^ c.clusterSize,
         ops: 40,
