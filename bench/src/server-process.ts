@@ -15,9 +15,12 @@ export interface ServerProcess {
 }
 
 export async function startServerProcess(pool: string): Promise<ServerProcess> {
+  // Extra node flags for the server, e.g. VDISK_BENCH_SERVER_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof".
+  const extra = (process.env.VDISK_BENCH_SERVER_NODE_ARGS ?? "").split(/\s+/).filter((a) => a !== "");
   const child = spawn(
     process.execPath,
     [
+      ...extra,
       "--import",
       "tsx",
       "server/src/main.ts",
