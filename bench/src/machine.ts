@@ -47,7 +47,11 @@ export function describeMachine(workDir: string, repoRoot: string): MachineInfo 
     node: process.version,
     qemuImg: tryRun(["qemu-img", "--version"]).split("\n")[0] ?? "unknown",
     grpcJs,
-    commit: tryRun(["git", "-C", repoRoot, "rev-parse", "--short", "HEAD"]),
+    commit:
+      tryRun(["git", "-C", repoRoot, "rev-parse", "--short", "HEAD"]) +
+      (tryRun(["git", "-C", repoRoot, "status", "--porcelain", "--untracked-files=no"], "") === ""
+        ? ""
+        : "+dirty"),
     date: new Date().toISOString(),
   };
 }

@@ -100,7 +100,12 @@ export function renderMarkdown(report: BenchReport): string {
     for (const side of r.sides) lines.push(sideRow(r, side));
   }
   lines.push("");
-  lines.push("## Workloads", "");
+  lines.push(
+    "## Workloads",
+    "",
+    "Titles give the default sizes; Parameters give the sizes this run used.",
+    "",
+  );
   for (const r of report.results) {
     lines.push(`### ${r.name} — ${r.title}`, "");
     const params = Object.entries(r.parameters)
