@@ -49,7 +49,20 @@ export function describeMachine(workDir: string, repoRoot: string): MachineInfo 
     grpcJs,
     commit:
       tryRun(["git", "-C", repoRoot, "rev-parse", "--short", "HEAD"]) +
-      (tryRun(["git", "-C", repoRoot, "status", "--porcelain", "--untracked-files=no"], "") === ""
+      (tryRun(
+        [
+          "git",
+          "-C",
+          repoRoot,
+          "status",
+          "--porcelain",
+          "--untracked-files=no",
+          "--",
+          ".",
+          ":!bench/results",
+        ],
+        "",
+      ) === ""
         ? ""
         : "+dirty"),
     date: new Date().toISOString(),
