@@ -1,3 +1,5 @@
 import { defineProject } from "vitest/config";
 
-export default defineProject({ test: { name: "cli", include: ["src/**/*.test.ts"], testTimeout: 30000, hookTimeout: 60000 } });
+export default defineProject({
+  test: { name: "cli", include: ["src/**/*.test.ts"], testTimeout: 30000, hookTimeout: 60000 },
+});

@@ -8,3 +8,4 @@ export * from "./ops/index.js";
 export { RAW_LIMITS, rawDriver } from "./formats/raw/index.js";
 export { driverFor } from "./formats/registry.js";
 export { createStreamOptimizedWriter, inspectVmdk, vmdkDriver, writeStreamOptimized } from "./formats/vmdk/index.js";
+export { qcow2Driver } from "./formats/qcow2/index.js";

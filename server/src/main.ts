@@ -29,11 +29,12 @@ async function main(): Promise<void> {
       process.exit(130);
     }
     log.info({ signal }, "shutting down");
+    const exit = (code: number) => log.flush(() => process.exit(code));
     server.close().then(
-      () => process.exit(0),
+      () => exit(0),
       (err: unknown) => {
         log.error({ err }, "shutdown failed");
-        process.exit(1);
+        exit(1);
       },
     );
   };

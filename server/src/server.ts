@@ -14,7 +14,7 @@ import type { Logger } from "./log.js";
 import { Pool } from "./pool/pool.js";
 import { reconcile } from "./pool/reconcile.js";
 import { AllocationService } from "./services/allocation-service.js";
-import type { ServiceContext } from "./services/context.js";
+import { type ServiceContext, StreamAdmission } from "./services/context.js";
 import { DataService } from "./services/data-service.js";
 import { JobService } from "./services/job-service.js";
 import { VolumeService } from "./services/volume-service.js";
@@ -107,6 +107,7 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
     jobs,
     engine,
     locks,
+    admission: new StreamAdmission(),
     adapter: { log, shutdown: shutdown.signal },
     log,
     maxCapacity: config.maxCapacity,

@@ -1,11 +1,13 @@
 import type { BlockDriver } from "../block-image.js";
 import { EngineError } from "../errors.js";
 import type { FormatName } from "../types.js";
+import { qcow2Driver } from "./qcow2/index.js";
 import { rawDriver } from "./raw/index.js";
 import { vmdkDriver } from "./vmdk/index.js";
 
 const drivers = new Map<FormatName, BlockDriver>([
   ["raw", rawDriver],
+  ["qcow2", qcow2Driver],
   ["vmdk", vmdkDriver],
 ]);
 

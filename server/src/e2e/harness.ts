@@ -17,6 +17,7 @@ import { type JobEvent, JobServiceClient } from "../gen/vdisk/v1/job.js";
 import { type CreateVolumeRequest, VolumeServiceClient } from "../gen/vdisk/v1/volume.js";
 import { errorInfoOf } from "../rpc/errors.js";
 import { type RunningServer, startServer } from "../server.js";
+import type { EngineDeps } from "../volumes/image-registry.js";
 
 /** A real server on 127.0.0.1:0 over a temporary pool, plus plain grpc-js clients from the generated code. */
 export interface Harness {
@@ -31,12 +32,13 @@ export interface Harness {
 
 export const MAX_CAPACITY = 1024 ** 3;
 
-export async function startHarness(): Promise<Harness> {
+export async function startHarness(setup: { engine?: EngineDeps } = {}): Promise<Harness> {
   const pool = fs.mkdtempSync(path.join(os.tmpdir(), "vdisk-e2e-"));
   const server = await startServer({
     config: { listen: "127.0.0.1:0", pool, maxCapacity: MAX_CAPACITY, reflection: true, maxJobs: 2 },
     log: pino({ level: process.env.VDISK_TEST_LOG ?? "silent" }),
     shutdownTimeoutMs: 2000,
+    ...(setup.engine === undefined ? {} : { engine: setup.engine }),
   });
   const target = `127.0.0.1:${server.port}`;
   const creds = credentials.createInsecure();

@@ -91,6 +91,17 @@ export class Pool {
     return true;
   }
 
+  /** Truncates a file to `size` and makes the new size durable. */
+  async truncateFile(file: string, size: number): Promise<void> {
+    const handle = await fs.open(file, "r+");
+    try {
+      await handle.truncate(size);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+  }
+
   async syncDir(dir: string): Promise<void> {
     const handle = await fs.open(dir, "r");
     try {

@@ -49,6 +49,26 @@ describe("reconcile", () => {
         createTime: new Date(3),
       }),
     );
+    catalog.insertVolume(volumeRecord("grown", { uid: "5", capacity: 4096 }));
+    fs.writeFileSync(pool.volumePath("grown", "raw"), Buffer.alloc(3 * 4096));
+    catalog.saveJob(
+      jobRecord("j-grow", {
+        volume: "grown",
+        state: "RUNNING",
+        kind: "RESIZE_VOLUME",
+        createTime: new Date(5),
+      }),
+    );
+    catalog.insertVolume(volumeRecord("shrunk", { uid: "6", capacity: 4 * 4096 }));
+    fs.writeFileSync(pool.volumePath("shrunk", "raw"), Buffer.alloc(4096));
+    catalog.saveJob(
+      jobRecord("j-shrink", {
+        volume: "shrunk",
+        state: "RUNNING",
+        kind: "RESIZE_VOLUME",
+        createTime: new Date(6),
+      }),
+    );
     catalog.saveJob(jobRecord("j-done", { volume: "ready", state: "SUCCEEDED", createTime: new Date(4) }));
 
     const log = pino({ level: "silent" });
@@ -56,13 +76,22 @@ describe("reconcile", () => {
 
     expect(report.removedCreating.sort()).toEqual(["half", "renamed"]);
     expect(report.finishedDeleting).toEqual(["going"]);
-    expect(report.failedJobs.sort()).toEqual(["j-check", "j-create", "j-queued"]);
+    expect(report.failedJobs.sort()).toEqual(["j-check", "j-create", "j-grow", "j-queued", "j-shrink"]);
+    expect(report.resizesRolledBack.sort()).toEqual(["grown", "shrunk"]);
+    expect(fs.statSync(pool.volumePath("grown", "raw")).size).toBe(4096);
+    expect(catalog.getVolume("shrunk")?.capacity).toBe(4096);
     expect(report.removedTempFiles).toBe(1);
     expect(report.unknownFiles).toEqual(["operator.img"]);
 
-    expect(catalog.listVolumes({ limit: 10 }).map((v) => v.name)).toEqual(["ready"]);
+    expect(catalog.listVolumes({ limit: 10 }).map((v) => v.name)).toEqual(["grown", "ready", "shrunk"]);
     expect(fs.readdirSync(pool.tmpDir)).toEqual([]);
-    expect(fs.readdirSync(root).sort()).toEqual([".vdisk", "operator.img", "ready.raw"]);
+    expect(fs.readdirSync(root).sort()).toEqual([
+      ".vdisk",
+      "grown.raw",
+      "operator.img",
+      "ready.raw",
+      "shrunk.raw",
+    ]);
     const createJob = catalog.getJob("j-create");
     expect(createJob).toMatchObject({
       state: "FAILED",

@@ -1,3 +1,4 @@
+import fs from "node:fs/promises";
 import path from "node:path";
 import type { Catalog } from "../catalog/catalog.js";
 import type { Logger } from "../log.js";
@@ -9,6 +10,8 @@ export interface ReconcileReport {
   failedJobs: string[];
   removedTempFiles: number;
   unknownFiles: string[];
+  /** Raw volumes whose interrupted resize left file size and recorded capacity apart: the file was cut back. */
+  resizesRolledBack: string[];
 }
 
 /**
@@ -17,7 +20,10 @@ export interface ReconcileReport {
  * - a volume still DELETING had its deletion accepted: it is finished;
  * - any job still QUEUED/RUNNING lost its runner with the old process and becomes FAILED;
  * - everything under the temp directory is debris from interrupted work and is removed;
- * - files the catalog does not know are reported, never adopted or deleted (they may be an operator's).
+ * - files the catalog does not know are reported, never adopted or deleted (they may be an operator's);
+ * - a raw volume whose resize was interrupted gets its recorded capacity back: a longer file is cut back
+ *   (the job held the volume exclusively, so the grown tail holds no guest data); a shorter one (an
+ *   interrupted shrink that already cut) is recorded at its real size.
  */
 export async function reconcile(catalog: Catalog, pool: Pool, log: Logger): Promise<ReconcileReport> {
   const report: ReconcileReport = {
@@ -26,6 +32,7 @@ export async function reconcile(catalog: Catalog, pool: Pool, log: Logger): Prom
     failedJobs: [],
     removedTempFiles: 0,
     unknownFiles: [],
+    resizesRolledBack: [],
   };
   const now = new Date();
 
@@ -44,6 +51,21 @@ export async function reconcile(catalog: Catalog, pool: Pool, log: Logger): Prom
       error: { code: "BUSY", message, reason: "SERVER_RESTARTED", metadata: {} },
     });
     report.failedJobs.push(job.id);
+  }
+
+  for (const job of interrupted) {
+    if (job.kind !== "RESIZE_VOLUME") continue;
+    const volume = catalog.getVolume(job.volume);
+    if (volume === undefined || volume.format !== "raw" || volume.state !== "READY") continue;
+    const file = pool.volumePath(volume.name, volume.format);
+    const size = await fs.stat(file).then(
+      (st) => st.size,
+      () => undefined,
+    );
+    if (size === undefined || size === volume.capacity) continue;
+    if (size > volume.capacity) await pool.truncateFile(file, volume.capacity);
+    else catalog.updateVolume(volume.name, { capacity: size });
+    report.resizesRolledBack.push(volume.name);
   }
 
   for (const volume of allVolumes(catalog)) {
@@ -67,6 +89,8 @@ export async function reconcile(catalog: Catalog, pool: Pool, log: Logger): Prom
 
   for (const name of report.removedCreating)
     log.warn({ volume: name }, "removed a volume left CREATING by an earlier run");
+  for (const name of report.resizesRolledBack)
+    log.warn({ volume: name }, "restored the capacity of a volume whose resize was interrupted");
   for (const name of report.finishedDeleting)
     log.info({ volume: name }, "finished deleting a volume left DELETING by an earlier run");
   for (const id of report.failedJobs) log.warn({ job: id }, "marked an interrupted job FAILED");

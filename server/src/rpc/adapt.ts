@@ -13,6 +13,8 @@ import { EngineError } from "@vdisk/engine";
 import type { Logger } from "../log.js";
 import { toGrpcStatus, toWireError } from "./errors.js";
 
+const DEADLINE_TOLERANCE_MS = 10;
+
 /** What every handler gets besides its request: one signal for "stop now", whatever the reason. */
 export interface CallContext {
   /** Aborts on client cancel, on the call's deadline, and on server shutdown. The reason is an EngineError. */
@@ -50,10 +52,21 @@ function openScope(env: AdapterEnv, method: string, call: AnyCall): CallScope {
   const abort = (reason: EngineError) => {
     if (!controller.signal.aborted) controller.abort(reason);
   };
-  const onCancelled = () =>
-    abort(
-      new EngineError("CANCELLED", "the call was cancelled by the client", { reason: "CLIENT_CANCELLED" }),
-    );
+  const deadline = call.getDeadline();
+  const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
+  const deadlineExceeded = () =>
+    abort(new EngineError("DEADLINE_EXCEEDED", "the call's deadline was exceeded", { reason: "DEADLINE" }));
+
+  // grpc-js enforces deadlines itself and reports them as 'cancelled' too; whichever timer fires first,
+  // a call past its deadline is DEADLINE_EXCEEDED, not a client cancel.
+  const onCancelled = () => {
+    // Timers may fire a few ms before Date.now() reaches the deadline, hence the small tolerance.
+    if (Date.now() >= deadlineMs - DEADLINE_TOLERANCE_MS) deadlineExceeded();
+    else
+      abort(
+        new EngineError("CANCELLED", "the call was cancelled by the client", { reason: "CLIENT_CANCELLED" }),
+      );
+  };
   call.on("cancelled", onCancelled);
 
   const onShutdown = () =>
@@ -62,19 +75,11 @@ function openScope(env: AdapterEnv, method: string, call: AnyCall): CallScope {
   else env.shutdown.addEventListener("abort", onShutdown, { once: true });
 
   let timer: NodeJS.Timeout | undefined;
-  const deadline = call.getDeadline();
-  const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
   if (Number.isFinite(deadlineMs)) {
     // setTimeout clamps delays above 2^31-1 ms to 1 ms, so far-away deadlines are simply not armed.
     const delay = Math.max(0, deadlineMs - Date.now());
     if (delay < 2 ** 31 - 1) {
-      timer = setTimeout(
-        () =>
-          abort(
-            new EngineError("DEADLINE_EXCEEDED", "the call's deadline was exceeded", { reason: "DEADLINE" }),
-          ),
-        delay,
-      );
+      timer = setTimeout(deadlineExceeded, delay);
       timer.unref();
     }
   }
@@ -134,7 +139,9 @@ export function serverStream<Req, Res>(
         // queueing unboundedly (grpc-node#1332). The signal ends the wait if the client goes away.
         if (!call.write(message)) await once(call, "drain", { signal });
       }
-      if (signal.aborted && call.cancelled) return;
+      // A stream cut short (shutdown, deadline) must not end with OK: the client would take a partial
+      // read or map for a complete one. Throwing sends the abort reason as the status.
+      if (signal.aborted) throw signal.reason;
       call.end();
     })()
       .catch((err: unknown) => {

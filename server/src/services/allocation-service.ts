@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import type { Server } from "@grpc/grpc-js";
 import {
   type AllocationSummary,
@@ -23,7 +22,13 @@ import type { Extent } from "../gen/vdisk/v1/allocation_types.js";
 import { type CallContext, failingStream, serverStream, unary } from "../rpc/adapt.js";
 import { toBigint } from "../rpc/convert.js";
 import { unimplemented } from "../rpc/errors.js";
-import { requireReadyVolume, requireVolume, type ServiceContext } from "./context.js";
+import {
+  markVolumeIfBroken,
+  requireReadyVolume,
+  requireVolume,
+  type ServiceContext,
+  useVolume,
+} from "./context.js";
 import { resolveRange } from "./ranges.js";
 
 const DEFAULT_EXTENTS_PER_MESSAGE = 1024;
@@ -67,7 +72,7 @@ export class AllocationService {
         },
       );
     }
-    const release = this.ctx.locks.acquire(volume.name, "shared", randomUUID());
+    const release = useVolume(this.ctx, volume);
     try {
       const image = await this.ctx.images.get(volume);
       const base = req.baseVolume === "" ? undefined : await this.baseImage(req.baseVolume);
@@ -140,11 +145,14 @@ export class AllocationService {
     op: (image: BlockImage, start: number, end: number) => Promise<void>,
   ): Promise<void> {
     const volume = requireReadyVolume(this.ctx.catalog, req.name);
-    const release = this.ctx.locks.acquire(volume.name, "shared", randomUUID());
+    const release = useVolume(this.ctx, volume);
     try {
       const image = await this.ctx.images.get(volume);
       const { start, end } = resolveRange(image, req.offset, req.length, true);
       await op(image, start, end);
+    } catch (err) {
+      await markVolumeIfBroken(this.ctx, volume, err);
+      throw err;
     } finally {
       release();
     }

@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import { EngineError } from "@vdisk/engine";
 import type { Catalog, VolumeRecord } from "../catalog/catalog.js";
 import type { JobRunner } from "../jobs/job-runner.js";
@@ -16,6 +17,7 @@ export interface ServiceContext {
   jobs: JobRunner;
   engine: EngineDeps;
   locks: VolumeLocks;
+  admission: StreamAdmission;
   adapter: AdapterEnv;
   log: Logger;
   maxCapacity: number;
@@ -49,4 +51,86 @@ export function requireReadyVolume(catalog: Catalog, name: string, field = "name
     });
   }
   return volume;
+}
+
+/**
+ * After a failed operation on a volume: if the failure makes the volume untrustworthy (an fsync failed,
+ * or corruption was detected), the volume goes to ERROR and stays there until an operator acts (DESIGN
+ * §7 rules 6 and 7), and its image is closed so nothing keeps writing through it.
+ */
+export async function markVolumeIfBroken(
+  ctx: ServiceContext,
+  volume: VolumeRecord,
+  err: unknown,
+): Promise<void> {
+  const e = EngineError.from(err);
+  if (e.code !== "FSYNC_FAILED" && e.code !== "CORRUPT") return;
+  const message =
+    e.code === "FSYNC_FAILED"
+      ? "a flush to disk failed; data written since the last successful flush may be lost"
+      : e.message;
+  ctx.log.error({ volume: volume.name, code: e.code, reason: e.reason, err }, "volume put in ERROR state");
+  try {
+    ctx.catalog.updateVolume(volume.name, { state: "ERROR", errorMessage: message });
+  } catch (updateErr) {
+    ctx.log.error({ err: updateErr, volume: volume.name }, "could not record the ERROR state");
+  }
+  await ctx.images.close(volume.uid).catch(() => {});
+}
+
+/** Data streams and range calls allowed at once, per volume and in total (DESIGN §4 admission). */
+export const MAX_STREAMS_PER_VOLUME = 16;
+export const MAX_STREAMS_TOTAL = 256;
+
+/**
+ * Counts calls using volumes' images. Past the limits a call fails at once with RESOURCE_EXHAUSTED
+ * (reason TOO_MANY_STREAMS): the client backs off, instead of the server queueing unbounded work.
+ */
+export class StreamAdmission {
+  private readonly perVolume = new Map<string, number>();
+  private total = 0;
+
+  constructor(
+    private readonly maxPerVolume = MAX_STREAMS_PER_VOLUME,
+    private readonly maxTotal = MAX_STREAMS_TOTAL,
+  ) {}
+
+  admit(volume: string): () => void {
+    const current = this.perVolume.get(volume) ?? 0;
+    if (current >= this.maxPerVolume || this.total >= this.maxTotal) {
+      throw new EngineError(
+        "NO_SPACE",
+        current >= this.maxPerVolume
+          ? `too many concurrent streams on volume "${volume}" (limit ${this.maxPerVolume})`
+          : `too many concurrent streams (limit ${this.maxTotal})`,
+        { reason: "TOO_MANY_STREAMS", metadata: { volume } },
+      );
+    }
+    this.perVolume.set(volume, current + 1);
+    this.total++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.total--;
+      const n = (this.perVolume.get(volume) ?? 1) - 1;
+      if (n <= 0) this.perVolume.delete(volume);
+      else this.perVolume.set(volume, n);
+    };
+  }
+}
+
+/** Takes what a data call needs on a volume: admission, then a shared lock (refused while a job holds it). */
+export function useVolume(ctx: ServiceContext, volume: VolumeRecord): () => void {
+  const releaseAdmission = ctx.admission.admit(volume.name);
+  try {
+    const releaseLock = ctx.locks.acquire(volume.name, "shared", randomUUID());
+    return () => {
+      releaseLock();
+      releaseAdmission();
+    };
+  } catch (err) {
+    releaseAdmission();
+    throw err;
+  }
 }

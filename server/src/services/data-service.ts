@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import type { Server } from "@grpc/grpc-js";
 import {
   type BlockImage,
@@ -10,6 +9,7 @@ import {
   writeZeroesAt,
   type ZeroDetection,
 } from "@vdisk/engine";
+import type { VolumeRecord } from "../catalog/catalog.js";
 import {
   type DataServiceServer,
   DataServiceService,
@@ -20,7 +20,7 @@ import {
 } from "../gen/vdisk/v1/data.js";
 import { type CallContext, clientStream, serverStream } from "../rpc/adapt.js";
 import { toBigint, toNumber, zeroDetectionFromWire } from "../rpc/convert.js";
-import { requireReadyVolume, type ServiceContext } from "./context.js";
+import { markVolumeIfBroken, requireReadyVolume, type ServiceContext, useVolume } from "./context.js";
 import { resolveRange } from "./ranges.js";
 
 const DEFAULT_CHUNK = 1024 * 1024;
@@ -52,7 +52,7 @@ export class DataService {
       });
     }
     const chunk = req.chunkSize === 0 ? DEFAULT_CHUNK : req.chunkSize;
-    const release = this.ctx.locks.acquire(volume.name, "shared", randomUUID());
+    const release = useVolume(this.ctx, volume);
     try {
       const image = await this.ctx.images.get(volume);
       const { start, end } = resolveRange(image, req.offset, req.length, false);
@@ -83,6 +83,7 @@ export class DataService {
     call: CallContext,
   ): Promise<WriteVolumeResponse> {
     let image: BlockImage | undefined;
+    let volume: VolumeRecord | undefined;
     let release: (() => void) | undefined;
     let detection: ZeroDetection = "off";
     let written = 0;
@@ -105,8 +106,8 @@ export class DataService {
                 reason: "STREAM_ALREADY_OPEN",
               });
             detection = zeroDetectionFromWire(payload.open.zeroDetection);
-            const volume = requireReadyVolume(this.ctx.catalog, payload.open.name);
-            release = this.ctx.locks.acquire(volume.name, "shared", randomUUID());
+            volume = requireReadyVolume(this.ctx.catalog, payload.open.name);
+            release = useVolume(this.ctx, volume);
             image = await this.ctx.images.get(volume);
             break;
           }
@@ -147,6 +148,9 @@ export class DataService {
         zeroedBytes: toBigint(zeroed),
         flushedBytes: toBigint(flushed),
       };
+    } catch (err) {
+      if (volume !== undefined) await markVolumeIfBroken(this.ctx, volume, err);
+      throw err;
     } finally {
       release?.();
     }

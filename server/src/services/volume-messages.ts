@@ -1,7 +1,7 @@
 import { type BlockImage, EngineError, type FormatName, mapExtents } from "@vdisk/engine";
 import type { JobRecord, VolumeRecord } from "../catalog/catalog.js";
 import type { Job, JobEvent } from "../gen/vdisk/v1/job.js";
-import type { Volume } from "../gen/vdisk/v1/volume_types.js";
+import { Qcow2Compat, VmdkSubformat, type Volume } from "../gen/vdisk/v1/volume_types.js";
 import {
   formatToWire,
   jobKindToWire,
@@ -25,11 +25,35 @@ export async function volumeMessage(
   let allocation = 0;
   let physical = 0;
   let chainDepth = 0;
+  let vmdk: Volume["vmdk"];
+  let qcow2: Volume["qcow2"];
   if (v.state === "READY") {
     const image = await ctx.images.get(v);
     allocation = await ownAllocation(image, v.format, signal);
     physical = await image.physicalBytes();
     for (let b = image.backing; b !== undefined; b = b.backing) chainDepth++;
+    const q = image.details().qcow2;
+    if (q !== undefined) {
+      qcow2 = {
+        compat: q.version === 2 ? Qcow2Compat.QCOW2_COMPAT_V2 : Qcow2Compat.QCOW2_COMPAT_V3,
+        refcountBits: q.refcountBits,
+        lazyRefcounts: q.lazyRefcounts,
+        dirty: q.dirty,
+        corrupt: q.corrupt,
+        extendedL2: q.extendedL2,
+        snapshots: q.snapshots,
+      };
+    }
+    const details = image.details().vmdk;
+    if (details !== undefined) {
+      vmdk = {
+        subformat:
+          details.subformat === "streamOptimized"
+            ? VmdkSubformat.VMDK_SUBFORMAT_STREAM_OPTIMIZED
+            : VmdkSubformat.VMDK_SUBFORMAT_MONOLITHIC_SPARSE,
+        cid: details.cid,
+      };
+    }
   }
   return {
     name: v.name,
@@ -46,8 +70,8 @@ export async function volumeMessage(
     labels: { ...v.labels },
     createTime: new Date(v.createTime),
     updateTime: new Date(v.updateTime),
-    qcow2: undefined,
-    vmdk: undefined,
+    qcow2,
+    vmdk,
     errorMessage: v.errorMessage ?? "",
   };
 }

@@ -1,9 +1,20 @@
 import { createHash, randomUUID } from "node:crypto";
 import type { Server } from "@grpc/grpc-js";
-import { EngineError, type FormatName, type PreallocMode } from "@vdisk/engine";
+import {
+  type BackingLink,
+  type BlockImage,
+  EngineError,
+  type FormatName,
+  flushImage,
+  type PreallocMode,
+  truncateImage,
+} from "@vdisk/engine";
 import type { JobRecord, VolumeRecord } from "../catalog/catalog.js";
+import { VolumeFormat } from "../gen/vdisk/v1/common.js";
 import type { JobEvent } from "../gen/vdisk/v1/job.js";
 import {
+  CloneMode,
+  type CloneVolumeRequest,
   type CreateVolumeRequest,
   type DeleteVolumeRequest,
   type DeleteVolumeResponse,
@@ -11,15 +22,17 @@ import {
   type GetVolumeResponse,
   type ListVolumesRequest,
   type ListVolumesResponse,
+  type ResizeVolumeRequest,
   type VolumeServiceServer,
   VolumeServiceService,
 } from "../gen/vdisk/v1/volume.js";
+import { Qcow2Compat, VmdkSubformat } from "../gen/vdisk/v1/volume_types.js";
 import type { JobContext } from "../jobs/job-runner.js";
 import { validateVolumeName } from "../pool/names.js";
 import { type CallContext, clientStream, failingStream, serverStream, unary } from "../rpc/adapt.js";
 import { formatFromWire, preallocFromWire, toNumber } from "../rpc/convert.js";
 import { unimplemented } from "../rpc/errors.js";
-import { requireVolume, type ServiceContext } from "./context.js";
+import { requireReadyVolume, requireVolume, type ServiceContext } from "./context.js";
 import { jobEvent, volumeMessage } from "./volume-messages.js";
 
 const DEFAULT_PAGE_SIZE = 100;
@@ -35,8 +48,17 @@ interface CreateSpec {
   allocationBytes: number | undefined;
   backingVolume: string | undefined;
   clusterSize: number;
+  /** vmdk only: zeroed-grain table entries. */
+  vmdk: { subformat: "monolithicSparse"; zeroedGrain: boolean } | undefined;
+  qcow2:
+    | { compat: "0.10" | "1.1"; lazyRefcounts: boolean; refcountBits: number; extendedL2: boolean }
+    | undefined;
   labels: Record<string, string>;
 }
+
+const QCOW2_DEFAULT_CLUSTER = 64 * 1024;
+
+const VMDK_DEFAULT_GRAIN = 64 * 1024;
 
 export class VolumeService {
   constructor(private readonly ctx: ServiceContext) {}
@@ -50,11 +72,11 @@ export class VolumeService {
       getVolume: unary(env, "GetVolume", (req: GetVolumeRequest, call) => this.getVolume(req, call)),
       listVolumes: unary(env, "ListVolumes", (req: ListVolumesRequest, call) => this.listVolumes(req, call)),
       deleteVolume: unary(env, "DeleteVolume", (req: DeleteVolumeRequest) => this.deleteVolume(req)),
-      resizeVolume: serverStream(env, "ResizeVolume", () =>
-        failingStream(unimplemented("ResizeVolume", "issue 4: jobs beyond create")),
+      resizeVolume: serverStream(env, "ResizeVolume", (req: ResizeVolumeRequest, call) =>
+        this.resizeVolume(req, call),
       ),
-      cloneVolume: serverStream(env, "CloneVolume", () =>
-        failingStream(unimplemented("CloneVolume", "needs the qcow2 driver and copy jobs")),
+      cloneVolume: serverStream(env, "CloneVolume", (req: CloneVolumeRequest, call) =>
+        this.cloneVolume(req, call),
       ),
       checkVolume: serverStream(env, "CheckVolume", () =>
         failingStream(unimplemented("CheckVolume", "issue 4: jobs beyond create")),
@@ -69,7 +91,11 @@ export class VolumeService {
     server.addService(VolumeServiceService, impl);
   }
 
-  async *createVolume(req: CreateVolumeRequest, call: CallContext): AsyncGenerator<JobEvent> {
+  async *createVolume(
+    req: CreateVolumeRequest,
+    call: CallContext,
+    kind: "CREATE_VOLUME" | "CLONE_VOLUME" = "CREATE_VOLUME",
+  ): AsyncGenerator<JobEvent> {
     const spec = this.validateCreate(req);
     const specHash = hashSpec(spec);
     const requestId = req.requestId === "" ? undefined : req.requestId;
@@ -79,7 +105,7 @@ export class VolumeService {
     if (requestId !== undefined) {
       const previous = jobs.get(requestId, true);
       if (previous !== undefined) {
-        if (previous.kind !== "CREATE_VOLUME" || previous.volume !== spec.name) {
+        if (previous.kind !== kind || previous.volume !== spec.name) {
           throw new EngineError("INVALID_ARGUMENT", "request_id was already used for a different request", {
             reason: "REQUEST_ID_REUSED",
             metadata: { job: previous.id },
@@ -101,7 +127,7 @@ export class VolumeService {
             },
           );
         }
-        const latest = catalog.latestJob(spec.name, "CREATE_VOLUME");
+        const latest = catalog.latestJob(spec.name, kind);
         job = latest === undefined ? undefined : jobs.get(latest.id);
         if (job === undefined) {
           // Same spec, but the creating job is gone (e.g. imported by an operator): the volume is the answer.
@@ -111,7 +137,7 @@ export class VolumeService {
           });
         }
       } else {
-        job = this.startCreate(spec, specHash, requestId);
+        job = this.startCreate(spec, specHash, requestId, kind);
       }
     }
 
@@ -129,7 +155,18 @@ export class VolumeService {
   private validateCreate(req: CreateVolumeRequest): CreateSpec {
     const name = validateVolumeName(req.name);
     const format = formatFromWire(req.format);
-    const capacity = toNumber(req.capacityBytes, "capacity_bytes");
+    const backingVolume =
+      req.backingVolume === "" ? undefined : validateVolumeName(req.backingVolume, "backing_volume");
+    // Only qcow2 takes a backing volume; the other formats reject the field below, whatever it names.
+    const base =
+      backingVolume === undefined || format !== "qcow2"
+        ? undefined
+        : requireReadyVolume(this.ctx.catalog, backingVolume, "backing_volume");
+    // As qemu-img: an overlay created without a size takes its backing volume's.
+    const capacity =
+      req.capacityBytes === 0n && base !== undefined
+        ? base.capacity
+        : toNumber(req.capacityBytes, "capacity_bytes");
     if (capacity <= 0) {
       throw new EngineError("INVALID_ARGUMENT", "capacity_bytes must be greater than 0", {
         reason: "INVALID_CAPACITY",
@@ -155,8 +192,6 @@ export class VolumeService {
         metadata: { field: "allocation_bytes" },
       });
     }
-    const backingVolume =
-      req.backingVolume === "" ? undefined : validateVolumeName(req.backingVolume, "backing_volume");
     const labels = validateLabels(req.labels);
     if (format === "raw") {
       if (preallocation === "metadata") {
@@ -181,6 +216,68 @@ export class VolumeService {
           metadata: { field: "cluster_size" },
         });
       }
+    } else if (format === "qcow2") {
+      const invalid = (message: string, reason: string, field: string) =>
+        new EngineError("INVALID_ARGUMENT", message, { reason, metadata: { field } });
+      if (base !== undefined && preallocation !== "off") {
+        throw invalid(
+          "an overlay cannot be preallocated (its data falls through to the backing volume)",
+          "INVALID_PREALLOCATION",
+          "preallocation",
+        );
+      }
+      const cs = req.clusterSize;
+      if (cs !== 0 && (cs < 512 || cs > 2 * 1024 * 1024 || (cs & (cs - 1)) !== 0)) {
+        throw invalid(
+          "qcow2 cluster size must be a power of two from 512 B to 2 MiB",
+          "INVALID_CLUSTER_SIZE",
+          "cluster_size",
+        );
+      }
+      const bits = req.qcow2?.refcountBits ?? 0;
+      if (bits !== 0 && ![1, 2, 4, 8, 16, 32, 64].includes(bits)) {
+        throw invalid(
+          "refcount_bits must be 1, 2, 4, 8, 16, 32 or 64",
+          "INVALID_REFCOUNT_BITS",
+          "qcow2.refcount_bits",
+        );
+      }
+    } else if (format === "vmdk") {
+      const invalid = (message: string, reason: string, field: string) =>
+        new EngineError("INVALID_ARGUMENT", message, { reason, metadata: { field } });
+      if (preallocation !== "off")
+        throw invalid(
+          "vmdk volumes support only preallocation OFF (as in QEMU)",
+          "INVALID_PREALLOCATION",
+          "preallocation",
+        );
+      if (backingVolume !== undefined)
+        throw invalid(
+          "vmdk volumes cannot have a backing volume (use qcow2)",
+          "BACKING_NOT_SUPPORTED",
+          "backing_volume",
+        );
+      if (allocationBytes !== undefined)
+        throw invalid("vmdk volumes have no upfront allocation", "INVALID_ALLOCATION", "allocation_bytes");
+      if (req.vmdk?.subformat === VmdkSubformat.VMDK_SUBFORMAT_STREAM_OPTIMIZED) {
+        throw invalid(
+          "streamOptimized is a transport format and read-only here; use ExportVolume",
+          "INVALID_SUBFORMAT",
+          "vmdk.subformat",
+        );
+      }
+      if (
+        req.clusterSize !== 0 &&
+        (req.clusterSize < 4096 ||
+          req.clusterSize > 1024 * 1024 ||
+          (req.clusterSize & (req.clusterSize - 1)) !== 0)
+      ) {
+        throw invalid(
+          "vmdk grain size must be a power of two from 4 KiB to 1 MiB",
+          "INVALID_CLUSTER_SIZE",
+          "cluster_size",
+        );
+      }
     } else {
       throw unimplemented(
         `CreateVolume for ${format}`,
@@ -196,12 +293,40 @@ export class VolumeService {
       preallocation,
       allocationBytes,
       backingVolume,
-      clusterSize: req.clusterSize,
+      clusterSize:
+        format === "vmdk"
+          ? req.clusterSize || VMDK_DEFAULT_GRAIN
+          : format === "qcow2"
+            ? req.clusterSize || QCOW2_DEFAULT_CLUSTER
+            : req.clusterSize,
+      qcow2:
+        format === "qcow2"
+          ? {
+              compat: req.qcow2?.compat === Qcow2Compat.QCOW2_COMPAT_V2 ? "0.10" : "1.1",
+              lazyRefcounts: req.qcow2?.lazyRefcounts === true,
+              refcountBits: req.qcow2?.refcountBits || 16,
+              extendedL2: req.qcow2?.extendedL2 === true,
+            }
+          : undefined,
+      vmdk:
+        format === "vmdk"
+          ? { subformat: "monolithicSparse", zeroedGrain: req.vmdk?.zeroedGrain === true }
+          : undefined,
       labels,
     };
   }
 
-  private startCreate(spec: CreateSpec, specHash: string, requestId: string | undefined): JobRecord {
+  private async backingFor(base: VolumeRecord): Promise<{ image: BlockImage; link: BackingLink }> {
+    const image = await this.ctx.images.get(base);
+    return { image, link: { fileName: this.ctx.pool.fileName(base.name, base.format), format: base.format } };
+  }
+
+  private startCreate(
+    spec: CreateSpec,
+    specHash: string,
+    requestId: string | undefined,
+    kind: "CREATE_VOLUME" | "CLONE_VOLUME",
+  ): JobRecord {
     const { catalog, pool, jobs, engine, log } = this.ctx;
     const now = Date.now();
     const record: VolumeRecord = {
@@ -213,7 +338,11 @@ export class VolumeService {
       backingVolume: spec.backingVolume,
       clusterSize: spec.clusterSize,
       preallocation: spec.preallocation,
-      options: spec.allocationBytes === undefined ? {} : { allocationBytes: spec.allocationBytes },
+      options: {
+        ...(spec.allocationBytes === undefined ? {} : { allocationBytes: spec.allocationBytes }),
+        ...(spec.vmdk === undefined ? {} : { vmdk: spec.vmdk }),
+        ...(spec.qcow2 === undefined ? {} : { qcow2: spec.qcow2 }),
+      },
       labels: spec.labels,
       createTime: now,
       updateTime: now,
@@ -226,6 +355,11 @@ export class VolumeService {
     const driver = engine.driverFor(spec.format);
 
     const work = async (job: JobContext): Promise<void> => {
+      // The overlay names its backing by pool file name (relative, as qemu-img writes it), never by path.
+      const backing =
+        spec.backingVolume === undefined
+          ? undefined
+          : await this.backingFor(requireReadyVolume(catalog, spec.backingVolume, "backing_volume"));
       const temp = pool.tempPath(spec.name, spec.format);
       const file = await engine.openHostFile(temp, { readOnly: false, create: "new" });
       try {
@@ -234,6 +368,10 @@ export class VolumeService {
           size: spec.capacity,
           prealloc,
           ...(spec.allocationBytes === undefined ? {} : { preallocBytes: spec.allocationBytes }),
+          ...(spec.clusterSize === 0 ? {} : { clusterSize: spec.clusterSize }),
+          ...(spec.vmdk === undefined ? {} : { vmdk: spec.vmdk }),
+          ...(spec.qcow2 === undefined ? {} : { qcow2: spec.qcow2 }),
+          ...(backing === undefined ? {} : { backing }),
           signal: job.signal,
           onProgress: (done, total, phase) => job.progress(done, total, phase ?? "preallocating"),
         });
@@ -265,10 +403,16 @@ export class VolumeService {
     catalog.insertVolume(record);
     try {
       return jobs.submit({
-        kind: "CREATE_VOLUME",
+        kind,
         volume: spec.name,
         ...(requestId === undefined ? {} : { requestId }),
-        locks: [{ volume: spec.name, mode: "exclusive" }],
+        // The backing volume is held shared, so it can't be deleted or resized under the new overlay.
+        locks: [
+          { volume: spec.name, mode: "exclusive" },
+          ...(spec.backingVolume === undefined
+            ? []
+            : [{ volume: spec.backingVolume, mode: "shared" as const }]),
+        ],
         totalBytes,
         run: async (job) => {
           try {
@@ -288,6 +432,152 @@ export class VolumeService {
       catalog.deleteVolume(spec.name);
       throw err;
     }
+  }
+
+  /**
+   * LINKED: a new qcow2 overlay whose backing is the source — exactly a CreateVolume of a qcow2 with
+   * backing_volume = source and the source's capacity, recorded as a CLONE_VOLUME job.
+   */
+  cloneVolume(req: CloneVolumeRequest, call: CallContext): AsyncGenerator<JobEvent> {
+    if (req.mode === CloneMode.CLONE_MODE_FULL) {
+      throw unimplemented(
+        "CloneVolume FULL",
+        "copy jobs over the engine's copyImage are not wired into the server yet",
+      );
+    }
+    if (req.mode !== CloneMode.CLONE_MODE_LINKED) {
+      throw new EngineError("INVALID_ARGUMENT", "mode is required (LINKED or FULL)", {
+        reason: "INVALID_CLONE_MODE",
+        metadata: { field: "mode" },
+      });
+    }
+    if (
+      req.format !== VolumeFormat.VOLUME_FORMAT_UNSPECIFIED &&
+      req.format !== VolumeFormat.VOLUME_FORMAT_QCOW2
+    ) {
+      throw new EngineError(
+        "INVALID_ARGUMENT",
+        "a linked clone is a qcow2 overlay; format must be QCOW2 or unset",
+        {
+          reason: "INVALID_FORMAT",
+          metadata: { field: "format" },
+        },
+      );
+    }
+    validateVolumeName(req.source, "source");
+    return this.createVolume(
+      {
+        name: req.name,
+        format: VolumeFormat.VOLUME_FORMAT_QCOW2,
+        capacityBytes: 0n,
+        preallocation: req.preallocation,
+        allocationBytes: undefined,
+        backingVolume: req.source,
+        clusterSize: req.clusterSize,
+        qcow2: req.qcow2,
+        vmdk: undefined,
+        labels: req.labels,
+        requestId: req.requestId,
+        cancelOnDisconnect: req.cancelOnDisconnect,
+      },
+      call,
+      "CLONE_VOLUME",
+    );
+  }
+
+  async *resizeVolume(req: ResizeVolumeRequest, call: CallContext): AsyncGenerator<JobEvent> {
+    const { catalog, jobs, images, log } = this.ctx;
+    const requestId = req.requestId === "" ? undefined : req.requestId;
+    let job: JobRecord | undefined = requestId === undefined ? undefined : jobs.get(requestId, true);
+    if (job !== undefined && (job.kind !== "RESIZE_VOLUME" || job.volume !== req.name)) {
+      throw new EngineError("INVALID_ARGUMENT", "request_id was already used for a different request", {
+        reason: "REQUEST_ID_REUSED",
+        metadata: { job: job.id },
+      });
+    }
+    if (job === undefined) {
+      const volume = requireReadyVolume(catalog, req.name);
+      if (volume.format !== "raw")
+        throw unimplemented(`ResizeVolume for ${volume.format}`, "only raw volumes can be resized so far");
+      const requested = toNumber(req.capacityBytes, "capacity_bytes");
+      if (requested <= 0 || requested > this.ctx.maxCapacity) {
+        throw new EngineError(
+          "INVALID_ARGUMENT",
+          `capacity_bytes must be between 1 and ${this.ctx.maxCapacity}`,
+          {
+            reason: requested <= 0 ? "INVALID_CAPACITY" : "CAPACITY_ABOVE_LIMIT",
+            metadata: { field: "capacity_bytes" },
+          },
+        );
+      }
+      const newSize = Math.ceil(requested / 512) * 512;
+      const prealloc = preallocFromWire(req.preallocation);
+      if (prealloc === "metadata") {
+        throw new EngineError("INVALID_ARGUMENT", "raw volumes support preallocation OFF, FALLOC or FULL", {
+          reason: "INVALID_PREALLOCATION",
+          metadata: { field: "preallocation" },
+        });
+      }
+      const oldSize = volume.capacity;
+      if (newSize < oldSize && !req.allowShrink) {
+        throw new EngineError(
+          "INVALID_ARGUMENT",
+          "the new capacity is smaller; set allow_shrink to discard the data past it",
+          {
+            reason: "SHRINK_NOT_ALLOWED",
+            metadata: { field: "allow_shrink" },
+          },
+        );
+      }
+      if (newSize < oldSize && prealloc !== "off") {
+        throw new EngineError("INVALID_ARGUMENT", "shrinking takes no preallocation mode", {
+          reason: "INVALID_PREALLOCATION",
+        });
+      }
+      job = jobs.submit({
+        kind: "RESIZE_VOLUME",
+        volume: volume.name,
+        ...(requestId === undefined ? {} : { requestId }),
+        locks: [{ volume: volume.name, mode: "exclusive" }],
+        totalBytes: newSize > oldSize && prealloc !== "off" ? newSize - oldSize : 0,
+        run: async (ctx) => {
+          const image = await images.get(volume);
+          try {
+            await truncateImage(image, newSize, {
+              prealloc,
+              signal: ctx.signal,
+              onProgress: (done, total, phase) => ctx.progress(done, total, phase ?? "preallocating"),
+            });
+            await flushImage(image);
+          } catch (err) {
+            // A grow cut short must not leave the file longer than the recorded capacity: raw capacity is
+            // the file size, so a partial preallocation would silently change it at the next open.
+            // The image still believes in the old size (it changes only after a complete truncate), so the
+            // file is cut back directly, with the image closed; raw is the only format resized here.
+            if (newSize > oldSize) {
+              await images.close(volume.uid).catch(() => {});
+              await this.ctx.pool
+                .truncateFile(this.ctx.pool.volumePath(volume.name, volume.format), oldSize)
+                .catch((truncErr: unknown) =>
+                  log.error({ err: truncErr, volume: volume.name }, "could not roll back a failed grow"),
+                );
+            }
+            throw err;
+          }
+          catalog.updateVolume(volume.name, { capacity: image.virtualSize });
+          log.info({ volume: volume.name, from: oldSize, to: image.virtualSize }, "resized volume");
+        },
+      }).job;
+    }
+    const jobId = job.id;
+    if (req.cancelOnDisconnect) {
+      call.signal.addEventListener("abort", () => {
+        const reason = call.signal.reason as EngineError | undefined;
+        if (reason?.reason === "CLIENT_CANCELLED" || reason?.reason === "DEADLINE") jobs.cancel(jobId);
+      });
+    }
+    for await (const snapshot of jobs.watch(jobId, call.signal))
+      yield await jobEvent(this.ctx, snapshot, call.signal);
   }
 
   async getVolume(req: GetVolumeRequest, call: CallContext): Promise<GetVolumeResponse> {
@@ -346,6 +636,8 @@ export class VolumeService {
       await images.close(volume.uid);
       await pool.removeFile(pool.volumePath(volume.name, volume.format));
       catalog.deleteVolume(volume.name);
+      // A GetVolume racing the delete may have reopened the image (it takes no lock): drop that too.
+      await images.close(volume.uid);
     } finally {
       release();
     }
@@ -382,6 +674,8 @@ function hashSpec(spec: CreateSpec): string {
     spec.allocationBytes ?? null,
     spec.backingVolume ?? null,
     spec.clusterSize,
+    spec.vmdk ?? null,
+    spec.qcow2 ?? null,
     Object.entries(spec.labels),
   ]);
   return createHash("sha256").update(canonical).digest("hex");
