@@ -3,22 +3,13 @@ import {
   type BlockImage,
   type CreateOptions,
   driverFor,
-  EngineError,
   type FormatName,
   openHostFile,
 } from "@vdisk/engine";
-// The engine registry serves qcow2 once the qcow2 branch lands in main; until then its driver is taken from
-// the engine sources directly (bench only measures, it never ships).
-import { qcow2Driver } from "../../engine/src/formats/qcow2/index.js";
 
-/** The engine's driver for a format, the registry's when it has one. */
+/** The engine's driver for a format (the registry the server uses too). */
 export function engineDriver(format: FormatName): BlockDriver {
-  try {
-    return driverFor(format);
-  } catch (err) {
-    if (format === "qcow2" && err instanceof EngineError && err.code === "UNSUPPORTED") return qcow2Driver;
-    throw err;
-  }
+  return driverFor(format);
 }
 
 /** Creates a new image file with the engine (as CreateVolume does, minus the catalog and the rename) and flushes it. */
