@@ -9,3 +9,5 @@ export { RAW_LIMITS, rawDriver } from "./formats/raw/index.js";
 export { driverFor } from "./formats/registry.js";
 export { createStreamOptimizedWriter, inspectVmdk, vmdkDriver, writeStreamOptimized } from "./formats/vmdk/index.js";
 export { qcow2Driver } from "./formats/qcow2/index.js";
+export * from "./inspect/index.js";
+export * from "./export/index.js";
