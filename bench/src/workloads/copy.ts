@@ -112,7 +112,7 @@ function copyWorkload(c: CopyCase): Workload {
       };
       const engine: Contestant = {
         side: "engine",
-        label: `engine: create ${c.to} + copyImage(${c.from} → ${c.to}) + flush`,
+        label: `create ${c.to} + copyImage(${c.from} → ${c.to}) + flush`,
         before: () => removeAll([engineOut]),
         async run() {
           const seconds = await timed(async () => {

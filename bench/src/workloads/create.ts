@@ -86,7 +86,7 @@ function createWorkload(c: CreateCase): Workload {
       };
       const engine: Contestant = {
         side: "engine",
-        label: `engine ${c.format} driver create (prealloc ${c.prealloc}), onProgress calls counted`,
+        label: `${c.format} driver create (prealloc ${c.prealloc}), onProgress calls counted`,
         before: () => removeAll([engineFile]),
         async run() {
           let events = 0;

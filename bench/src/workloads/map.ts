@@ -112,7 +112,7 @@ export const mapWorkload: Workload = {
     };
     const engine: Contestant = {
       side: "engine",
-      label: "engine: open qcow2 read-only + mapExtents + close",
+      label: "open qcow2 read-only + mapExtents + close",
       async run() {
         let data = 0;
         const seconds = await timed(async () => {

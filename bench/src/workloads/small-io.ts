@@ -132,7 +132,7 @@ function smallIoWorkload(c: SmallIoCase, peerCache: () => PeerCache): Workload {
       };
       const engine: Contestant = {
         side: "engine",
-        label: `engine: open + ${count} ${c.write ? "writeAt" : "readAt"} of 4 KiB (${DEPTH} promises in flight) + flush + close`,
+        label: `open + ${count} ${c.write ? "writeAt" : "readAt"} of 4 KiB (${DEPTH} promises in flight) + flush + close`,
         ...(c.write ? { before: freshImage(engineFile) } : {}),
         async run() {
           const file = target ?? engineFile;

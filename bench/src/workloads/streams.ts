@@ -91,7 +91,7 @@ function contestants(ctx: BenchContext, transfers: Transfer[], size: number, wha
     },
     {
       side: "engine",
-      label: "engine: copyImage raw → raw of the same bytes, in-process (no network)",
+      label: "copyImage raw → raw of the same bytes, in-process (no network)",
       before: () => removeAll(engineOutputs),
       async run() {
         const seconds = await timed(() => Promise.all(transfers.map((t) => engineTransfer(ctx, t, size))));
