@@ -14,6 +14,11 @@ export interface IoOptions {
   signal?: AbortSignal;
   /** Force unit access: the write is durable when the call returns (the core emulates it with a flush). */
   fua?: boolean;
+  /**
+   * Names the write for fault injection and tracing (e.g. "l2_update", "grain_write"); no effect on
+   * behaviour. Dotted names refine a point: a fault on "l1_grow" also matches "l1_grow.write_table".
+   */
+  point?: string;
 }
 
 export interface ZeroOptions extends IoOptions {

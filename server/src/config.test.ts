@@ -114,3 +114,31 @@ describe("parseListen", () => {
     expect(parseListen("[::1]:50051")).toEqual({ host: "[::1]", port: 50051 });
   });
 });
+
+describe("TLS and token flags", () => {
+  it("reads certificate, key, client CA and token file from flags or env, resolved against cwd", () => {
+    const fromFlags = loadConfig(
+      ["--tls-cert", "s.pem", "--tls-key", "s.key", "--tls-client-ca", "ca.pem", "--token-file", "tokens"],
+      {},
+      "/etc/vdisk",
+    );
+    expect(fromFlags).toMatchObject({
+      tlsCert: "/etc/vdisk/s.pem",
+      tlsKey: "/etc/vdisk/s.key",
+      tlsClientCa: "/etc/vdisk/ca.pem",
+      tokenFile: "/etc/vdisk/tokens",
+    });
+    const fromEnv = loadConfig(
+      [],
+      { VDISK_TLS_CERT: "/a.pem", VDISK_TLS_KEY: "/a.key", VDISK_TOKEN_FILE: "/t" },
+      "/",
+    );
+    expect(fromEnv).toMatchObject({ tlsCert: "/a.pem", tlsKey: "/a.key", tokenFile: "/t" });
+    expect(fromEnv?.tlsClientCa).toBeUndefined();
+  });
+
+  it("refuses a certificate without its key, and a client CA without a server certificate", () => {
+    expect(() => loadConfig(["--tls-cert", "s.pem"], {}, "/")).toThrow(/together/);
+    expect(() => loadConfig(["--tls-client-ca", "ca.pem"], {}, "/")).toThrow(/needs --tls-cert/);
+  });
+});

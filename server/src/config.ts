@@ -13,6 +13,13 @@ export interface ServerConfig {
   reflection: boolean;
   /** Jobs allowed to run at once; further jobs wait QUEUED. */
   maxJobs: number;
+  /** PEM server certificate chain and key; both or neither. Without them the listener is plaintext. */
+  tlsCert?: string | undefined;
+  tlsKey?: string | undefined;
+  /** PEM CA bundle: when set, clients must present a certificate issued by it (mutual TLS). */
+  tlsClientCa?: string | undefined;
+  /** File of bearer tokens, one per line: when set, every RPC but health needs one. */
+  tokenFile?: string | undefined;
 }
 
 export type LogLevel = "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
@@ -39,6 +46,10 @@ export const USAGE = `Usage: vdisk-server [options]
   --log-level LEVEL      ${LOG_LEVELS.join("|")} (VDISK_LOG_LEVEL, default info)
   --no-reflection        do not serve gRPC server reflection (VDISK_REFLECTION=0)
   --max-jobs N           jobs running at once (VDISK_MAX_JOBS, default ${DEFAULTS.maxJobs})
+  --tls-cert FILE        PEM server certificate chain; serves TLS (VDISK_TLS_CERT, needs --tls-key)
+  --tls-key FILE         PEM private key of --tls-cert (VDISK_TLS_KEY)
+  --tls-client-ca FILE   PEM CA bundle; clients must present a certificate it issued (VDISK_TLS_CLIENT_CA)
+  --token-file FILE      bearer tokens, one per line; every RPC but health needs one (VDISK_TOKEN_FILE)
   -h, --help             print this help`;
 
 /** Returns null when help was requested (the caller prints USAGE and exits 0). Throws ConfigError on bad input. */
@@ -61,6 +72,10 @@ export function loadConfig(
         reflection: { type: "boolean" },
         "no-reflection": { type: "boolean" },
         "max-jobs": { type: "string" },
+        "tls-cert": { type: "string" },
+        "tls-key": { type: "string" },
+        "tls-client-ca": { type: "string" },
+        "token-file": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     }));
@@ -101,7 +116,31 @@ export function loadConfig(
   const jobsText = pick("max-jobs", "VDISK_MAX_JOBS");
   const maxJobs = jobsText === undefined ? DEFAULTS.maxJobs : parsePositiveInt(jobsText, "--max-jobs", 1024);
 
-  return { listen, pool, maxCapacity, logLevel: levelText as LogLevel, reflection, maxJobs };
+  const file = (flag: string, envName: string) => {
+    const v = pick(flag, envName);
+    return v === undefined ? undefined : path.resolve(cwd, v);
+  };
+  const tlsCert = file("tls-cert", "VDISK_TLS_CERT");
+  const tlsKey = file("tls-key", "VDISK_TLS_KEY");
+  const tlsClientCa = file("tls-client-ca", "VDISK_TLS_CLIENT_CA");
+  const tokenFile = file("token-file", "VDISK_TOKEN_FILE");
+  if ((tlsCert === undefined) !== (tlsKey === undefined))
+    throw new ConfigError("--tls-cert and --tls-key must be given together");
+  if (tlsClientCa !== undefined && tlsCert === undefined)
+    throw new ConfigError("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS runs over TLS)");
+
+  return {
+    listen,
+    pool,
+    maxCapacity,
+    logLevel: levelText as LogLevel,
+    reflection,
+    maxJobs,
+    tlsCert,
+    tlsKey,
+    tlsClientCa,
+    tokenFile,
+  };
 }
 
 /** Splits HOST:PORT (IPv6 as [::1]:PORT) and validates the port. */

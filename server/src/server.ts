@@ -1,7 +1,7 @@
 import type { Http2Server, Http2Session } from "node:http2";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { Server, ServerCredentials } from "@grpc/grpc-js";
+import { Server } from "@grpc/grpc-js";
 import { loadSync } from "@grpc/proto-loader";
 import { ReflectionService } from "@grpc/reflection";
 import { driverFor, openHostFile } from "@vdisk/engine";
@@ -13,6 +13,9 @@ import { VolumeLocks } from "./jobs/volume-locks.js";
 import type { Logger } from "./log.js";
 import { Pool } from "./pool/pool.js";
 import { reconcile } from "./pool/reconcile.js";
+import { serverCredentials } from "./security/credentials.js";
+import { poolWritable } from "./security/pool-health.js";
+import { bearerTokenInterceptor, loadTokens } from "./security/token-auth.js";
 import { AllocationService } from "./services/allocation-service.js";
 import { type ServiceContext, StreamAdmission } from "./services/context.js";
 import { DataService } from "./services/data-service.js";
@@ -52,12 +55,15 @@ export const STREAM_WINDOW_BYTES = 8 * MIB;
 export const CONNECTION_WINDOW_BYTES = 32 * MIB;
 
 export interface StartServerOptions {
-  config: Pick<ServerConfig, "listen" | "pool" | "maxCapacity" | "reflection" | "maxJobs">;
+  config: Pick<ServerConfig, "listen" | "pool" | "maxCapacity" | "reflection" | "maxJobs"> &
+    Partial<Pick<ServerConfig, "tlsCert" | "tlsKey" | "tlsClientCa" | "tokenFile">>;
   log: Logger;
   /** Engine pieces; defaults to the real host file and the engine's format registry. */
   engine?: EngineDeps;
   /** How long close() lets calls and jobs finish before forcing (ms). */
   shutdownTimeoutMs?: number;
+  /** How often the pool is probed for writability; health turns NOT_SERVING while it is not (ms). */
+  poolProbeMs?: number;
 }
 
 export interface RunningServer {
@@ -76,6 +82,10 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
   const { config, log } = options;
   const engine = options.engine ?? defaultEngine();
   const shutdownTimeoutMs = options.shutdownTimeoutMs ?? 10_000;
+
+  // Read before anything is opened: a missing certificate or token file fails the start, not the first call.
+  const credentials = serverCredentials(config);
+  const tokens = config.tokenFile === undefined ? undefined : loadTokens(config.tokenFile);
 
   const pool = new Pool(config.pool);
   await pool.init();
@@ -113,7 +123,10 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
     maxCapacity: config.maxCapacity,
   };
 
-  const server = new Server(GRPC_OPTIONS);
+  const server = new Server({
+    ...GRPC_OPTIONS,
+    ...(tokens === undefined ? {} : { interceptors: [bearerTokenInterceptor(tokens)] }),
+  });
   new VolumeService(ctx).addToServer(server);
   new AllocationService(ctx).addToServer(server);
   new DataService(ctx).addToServer(server);
@@ -128,7 +141,7 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
 
   const { host, port: requestedPort } = parseListen(config.listen);
   const port = await new Promise<number>((resolve, reject) => {
-    server.bindAsync(`${host}:${requestedPort}`, ServerCredentials.createInsecure(), (err, bound) =>
+    server.bindAsync(`${host}:${requestedPort}`, credentials, (err, bound) =>
       err ? reject(err) : resolve(bound),
     );
   }).catch((err: unknown) => {
@@ -141,9 +154,29 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
       "could not set server HTTP/2 flow-control windows (grpc-js internals changed); uploads will be slower",
     );
 
+  let draining = false;
+  let poolOk = true;
+  const probePool = async () => {
+    const ok = await poolWritable(pool.root);
+    if (draining || ok === poolOk) return;
+    poolOk = ok;
+    if (ok) log.info({ pool: pool.root }, "pool is writable again; serving");
+    else log.error({ pool: pool.root }, "pool is not writable; health NOT_SERVING");
+    for (const name of ["", ...SERVICE_NAMES]) health.setStatus(name, ok ? "SERVING" : "NOT_SERVING");
+  };
+  const poolTimer = setInterval(() => void probePool(), options.poolProbeMs ?? 10_000);
+  poolTimer.unref();
+
   const address = `${host}:${port}`;
   log.info(
-    { address, port, pool: pool.root, reflection: config.reflection },
+    {
+      address,
+      port,
+      pool: pool.root,
+      reflection: config.reflection,
+      tls: config.tlsCert === undefined ? "off" : config.tlsClientCa === undefined ? "tls" : "mtls",
+      tokenAuth: tokens !== undefined,
+    },
     `vdisk server listening on ${address}`,
   );
 
@@ -151,6 +184,8 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
   const close = () => {
     closing ??= (async () => {
       log.info("draining");
+      draining = true;
+      clearInterval(poolTimer);
       for (const name of ["", ...SERVICE_NAMES]) health.setStatus(name, "NOT_SERVING");
       shutdown.abort();
       await jobs.shutdown(shutdownTimeoutMs);

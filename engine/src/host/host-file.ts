@@ -46,7 +46,7 @@ export interface HostFile {
 
   truncate(size: number): Promise<void>;
   /** fdatasync. A failure is permanent for the file: later calls fail with FSYNC_FAILED too. */
-  flush(): Promise<void>;
+  flush(opts?: IoOptions): Promise<void>;
 
   /** fallocate mode 0 (extends the file) or KEEP_SIZE. UNSUPPORTED if the host can't. */
   allocate(offset: number, length: number, keepSize?: boolean): Promise<void>;

@@ -17,6 +17,11 @@ import type { HostCapabilities, HostFile, LockMode } from "./host-file.js";
 
 const CHUNK = 64 * 1024;
 
+/** A fault's point matches the call's point itself and its dotted refinements ("l1_grow" ⊇ "l1_grow.write_table"). */
+function pointMatches(wanted: string, actual: string | undefined): boolean {
+  return actual !== undefined && (actual === wanted || actual.startsWith(`${wanted}.`));
+}
+
 /** Which calls a fault matches. "write" is every call that changes the file (write, writev, truncate, fallocate modes). */
 export type FaultOp = "write" | "flush" | "read" | "any";
 
@@ -27,6 +32,11 @@ export interface FaultSpec {
   error: "EIO" | "ENOSPC";
   /** Fail the nth matching call and every one after it (a dead disk, a full disk), not just the nth. */
   persistent?: boolean;
+  /**
+   * Only calls the driver named with this write point match (IoOptions.point; a flush without a name is
+   * "flush", truncate and fallocate calls have no name). "l1_grow" also matches "l1_grow.write_table".
+   */
+  point?: string;
   /** Only calls touching this range match (truncate passes the changed range, flush passes 0, 0). */
   when?: (offset: number, length: number) => boolean;
 }
@@ -38,6 +48,8 @@ export interface MemoryFileStats {
   bytesRead: number;
   bytesWritten: number;
   faultsFired: number;
+  /** Calls per write point name (IoOptions.point), for tracing which points a workload reaches. */
+  points: Record<string, number>;
 }
 
 export interface MemoryFileOptions {
@@ -75,6 +87,7 @@ class MemoryHostFile implements MemoryFile {
     bytesRead: 0,
     bytesWritten: 0,
     faultsFired: 0,
+    points: {},
   };
   private readonly chunks = new Map<number, Uint8Array>();
   private length = 0;
@@ -142,7 +155,7 @@ class MemoryHostFile implements MemoryFile {
     this.store(offset, data);
     this.length = Math.max(this.length, offset + data.length);
     this.stats.bytesWritten += data.length;
-    if (opts?.fua) await this.flush();
+    if (opts?.fua) await this.flush({ point: opts.point === undefined ? "flush" : `${opts.point}.fua` });
   }
 
   async writev(offset: number, buffers: readonly Uint8Array[], opts?: IoOptions): Promise<void> {
@@ -155,7 +168,7 @@ class MemoryHostFile implements MemoryFile {
     }
     this.length = Math.max(this.length, offset + total);
     this.stats.bytesWritten += total;
-    if (opts?.fua) await this.flush();
+    if (opts?.fua) await this.flush({ point: opts.point === undefined ? "flush" : `${opts.point}.fua` });
   }
 
   async truncate(size: number): Promise<void> {
@@ -168,12 +181,14 @@ class MemoryHostFile implements MemoryFile {
     this.length = size;
   }
 
-  async flush(): Promise<void> {
+  async flush(opts?: IoOptions): Promise<void> {
     this.checkOpen();
     if (this.fsyncFailure) throw this.fsyncFailure;
     this.stats.flushes++;
+    const point = opts?.point ?? "flush";
+    this.stats.points[point] = (this.stats.points[point] ?? 0) + 1;
     try {
-      this.fireFaults("flush", 0, 0);
+      this.fireFaults("flush", 0, 0, point);
     } catch (err) {
       // Same contract as the real file: an fsync failure is permanent.
       this.fsyncFailure = fsyncFailedError(err);
@@ -244,10 +259,11 @@ class MemoryHostFile implements MemoryFile {
       if (this.readOnly) throw readOnlyError();
       if (this.fsyncFailure) throw this.fsyncFailure;
       this.stats.writes++;
+      if (opts?.point !== undefined) this.stats.points[opts.point] = (this.stats.points[opts.point] ?? 0) + 1;
     } else {
       this.stats.reads++;
     }
-    this.fireFaults(op, offset, length);
+    this.fireFaults(op, offset, length, opts?.point);
   }
 
   private beginFallocate(capability: FallocateCapability, offset: number, length: number): void {
@@ -257,10 +273,11 @@ class MemoryHostFile implements MemoryFile {
     this.begin("write", offset, length);
   }
 
-  private fireFaults(op: "read" | "write" | "flush", offset: number, length: number): void {
+  private fireFaults(op: "read" | "write" | "flush", offset: number, length: number, point?: string): void {
     for (const fault of this.faults) {
       const { spec } = fault;
       if (spec.op !== op && spec.op !== "any") continue;
+      if (spec.point !== undefined && !pointMatches(spec.point, point)) continue;
       if (spec.when && !spec.when(offset, length)) continue;
       fault.matched++;
       const nth = spec.nth ?? 1;

@@ -39,6 +39,8 @@ export interface VolumePatch {
   capacity?: number;
   labels?: Record<string, string>;
   errorMessage?: string | null;
+  /** A new direct backing volume; null when the volume no longer has one (after a flatten). */
+  backingVolume?: string | null;
 }
 
 export interface VolumeQuery {

@@ -214,6 +214,7 @@ export class SqliteCatalog implements Catalog {
     if (patch.capacity !== undefined) assign("capacity", patch.capacity);
     if (patch.labels !== undefined) assign("labels", JSON.stringify(patch.labels));
     if (patch.errorMessage !== undefined) assign("error_message", patch.errorMessage);
+    if (patch.backingVolume !== undefined) assign("backing_volume", patch.backingVolume);
     params.push(name);
     const result = this.db.prepare(`UPDATE volumes SET ${sets.join(", ")} WHERE name = ?`).run(...params);
     if (result.changes === 0)

@@ -1,15 +1,21 @@
 import type { Server } from "@grpc/grpc-js";
 import {
+  type AllocateMode as EngineAllocateMode,
   type AllocationSummary,
   addToSummary,
+  allocateRange,
   type BlockImage,
   discardAt,
   EngineError,
+  flattenImage,
   mapExtents,
   writeZeroesAt,
 } from "@vdisk/engine";
 import {
+  type AllocateRangeRequest,
+  AllocateMode,
   type AllocationServiceServer,
+  type FlattenVolumeRequest,
   AllocationServiceService,
   type DiscardRequest,
   type DiscardResponse,
@@ -19,9 +25,10 @@ import {
   type WriteZeroesResponse,
 } from "../gen/vdisk/v1/allocation.js";
 import type { Extent } from "../gen/vdisk/v1/allocation_types.js";
-import { type CallContext, failingStream, serverStream, unary } from "../rpc/adapt.js";
-import { toBigint } from "../rpc/convert.js";
-import { unimplemented } from "../rpc/errors.js";
+import type { VolumeRecord } from "../catalog/catalog.js";
+import type { JobEvent } from "../gen/vdisk/v1/job.js";
+import { type CallContext, serverStream, unary } from "../rpc/adapt.js";
+import { toBigint, toNumber } from "../rpc/convert.js";
 import {
   markVolumeIfBroken,
   requireReadyVolume,
@@ -29,6 +36,7 @@ import {
   type ServiceContext,
   useVolume,
 } from "./context.js";
+import { backingChain, priorJob, requireBaseInChain, streamJob } from "./job-stream.js";
 import { resolveRange } from "./ranges.js";
 
 const DEFAULT_EXTENTS_PER_MESSAGE = 1024;
@@ -43,11 +51,11 @@ export class AllocationService {
       getAllocationMap: serverStream(env, "GetAllocationMap", (req: GetAllocationMapRequest, call) =>
         this.getAllocationMap(req, call),
       ),
-      allocateRange: serverStream(env, "AllocateRange", () =>
-        failingStream(unimplemented("AllocateRange", "issue 4: jobs beyond create")),
+      allocateRange: serverStream(env, "AllocateRange", (req: AllocateRangeRequest, call) =>
+        this.allocateRange(req, call),
       ),
-      flattenVolume: serverStream(env, "FlattenVolume", () =>
-        failingStream(unimplemented("FlattenVolume", "needs the qcow2 driver and copy jobs")),
+      flattenVolume: serverStream(env, "FlattenVolume", (req: FlattenVolumeRequest, call) =>
+        this.flattenVolume(req, call),
       ),
       writeZeroes: unary(env, "WriteZeroes", (req: WriteZeroesRequest, call) => this.writeZeroes(req, call)),
       discard: unary(env, "Discard", (req: DiscardRequest, call) => this.discard(req, call)),
@@ -133,6 +141,99 @@ export class AllocationService {
     return {};
   }
 
+  /** AllocateRange as a job: the top layer exclusive, every layer below it shared while it copies. */
+  async *allocateRange(req: AllocateRangeRequest, call: CallContext): AsyncGenerator<JobEvent> {
+    const ctx = this.ctx;
+    const requestId = req.requestId === "" ? undefined : req.requestId;
+    let job = priorJob(ctx, requestId, "ALLOCATE_RANGE", req.name);
+    if (job === undefined) {
+      const volume = requireReadyVolume(ctx.catalog, req.name);
+      const mode = allocateModeFromWire(req.mode);
+      const baseRecord =
+        req.baseVolume === "" ? undefined : requireBaseInChain(ctx, volume, req.baseVolume);
+      const offset = toNumber(req.offset, "offset");
+      const requested = toNumber(req.length, "length");
+      if (offset > volume.capacity || (requested > 0 && offset + requested > volume.capacity)) {
+        throw new EngineError("OUT_OF_RANGE", "range lies past the end of the volume", {
+          reason: "RANGE_PAST_END",
+          metadata: { field: "offset" },
+        });
+      }
+      const length = requested === 0 ? volume.capacity - offset : requested;
+      job = ctx.jobs.submit({
+        kind: "ALLOCATE_RANGE",
+        volume: volume.name,
+        ...(requestId === undefined ? {} : { requestId }),
+        locks: chainLocks(ctx, volume),
+        totalBytes: length,
+        run: async (job) => {
+          const image = await ctx.images.get(volume);
+          const base = baseRecord === undefined ? undefined : await ctx.images.get(baseRecord);
+          try {
+            return await allocateRange(image, {
+              offset,
+              length,
+              mode,
+              ...(base === undefined ? {} : { base }),
+              signal: job.signal,
+              onProgress: (done, total, phase) => job.progress(done, total, phase ?? "allocating"),
+            });
+          } catch (err) {
+            await markVolumeIfBroken(ctx, volume, err);
+            throw err;
+          }
+        },
+      }).job;
+    }
+    yield* streamJob(ctx, job.id, call, req.cancelOnDisconnect);
+  }
+
+  /**
+   * FlattenVolume as a job: copy up everything above the base, then relink the header and the catalog
+   * together, so the recorded backing (and chain depth) never disagrees with the file for longer than
+   * that step.
+   */
+  async *flattenVolume(req: FlattenVolumeRequest, call: CallContext): AsyncGenerator<JobEvent> {
+    const ctx = this.ctx;
+    const requestId = req.requestId === "" ? undefined : req.requestId;
+    let job = priorJob(ctx, requestId, "FLATTEN_VOLUME", req.name);
+    if (job === undefined) {
+      const volume = requireReadyVolume(ctx.catalog, req.name);
+      const baseRecord =
+        req.baseVolume === "" ? undefined : requireBaseInChain(ctx, volume, req.baseVolume);
+      job = ctx.jobs.submit({
+        kind: "FLATTEN_VOLUME",
+        volume: volume.name,
+        ...(requestId === undefined ? {} : { requestId }),
+        locks: chainLocks(ctx, volume),
+        totalBytes: volume.capacity,
+        run: async (job) => {
+          const image = await ctx.images.get(volume);
+          const base = baseRecord === undefined ? undefined : await ctx.images.get(baseRecord);
+          const baseLink =
+            baseRecord === undefined
+              ? undefined
+              : { fileName: ctx.pool.fileName(baseRecord.name, baseRecord.format), format: baseRecord.format };
+          try {
+            const result = await flattenImage(image, {
+              ...(base === undefined ? {} : { base }),
+              ...(baseLink === undefined ? {} : { baseLink }),
+              signal: job.signal,
+              onProgress: (done, total, phase) => job.progress(done, total, phase ?? "copying"),
+            });
+            ctx.catalog.updateVolume(volume.name, { backingVolume: baseRecord?.name ?? null });
+            ctx.log.info({ volume: volume.name, base: baseRecord?.name }, "flattened volume");
+            return result;
+          } catch (err) {
+            await markVolumeIfBroken(ctx, volume, err);
+            throw err;
+          }
+        },
+      }).job;
+    }
+    yield* streamJob(ctx, job.id, call, req.cancelOnDisconnect);
+  }
+
   async discard(req: DiscardRequest, call: CallContext): Promise<DiscardResponse> {
     await this.onRange(req, async (image, start, end) =>
       discardAt(image, start, end - start, { signal: call.signal }),
@@ -157,4 +258,31 @@ export class AllocationService {
       release();
     }
   }
+}
+
+function allocateModeFromWire(mode: AllocateMode): EngineAllocateMode {
+  switch (mode) {
+    case AllocateMode.ALLOCATE_MODE_COPY_UP:
+      return "copy-up";
+    case AllocateMode.ALLOCATE_MODE_FULL:
+      return "full";
+    case AllocateMode.ALLOCATE_MODE_METADATA:
+      return "metadata";
+    default:
+      throw new EngineError("INVALID_ARGUMENT", "mode is required (COPY_UP, FULL or METADATA)", {
+        reason: "INVALID_ALLOCATE_MODE",
+        metadata: { field: "mode" },
+      });
+  }
+}
+
+/** The volume itself exclusive; its backing chain shared, so no layer it reads is changed or deleted. */
+function chainLocks(
+  ctx: ServiceContext,
+  volume: VolumeRecord,
+): { volume: string; mode: "exclusive" | "shared" }[] {
+  return [
+    { volume: volume.name, mode: "exclusive" },
+    ...backingChain(ctx, volume).map((v) => ({ volume: v.name, mode: "shared" as const })),
+  ];
 }

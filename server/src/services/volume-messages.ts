@@ -1,5 +1,6 @@
 import { type BlockImage, EngineError, type FormatName, mapExtents } from "@vdisk/engine";
 import type { JobRecord, VolumeRecord } from "../catalog/catalog.js";
+import type { AllocateSummary } from "../gen/vdisk/v1/allocation_types.js";
 import type { Job, JobEvent } from "../gen/vdisk/v1/job.js";
 import { Qcow2Compat, VmdkSubformat, type Volume } from "../gen/vdisk/v1/volume_types.js";
 import {
@@ -11,6 +12,7 @@ import {
   volumeStateToWire,
 } from "../rpc/convert.js";
 import { toRpcStatus, toWireError } from "../rpc/errors.js";
+import { checkReportOf } from "./check-job.js";
 import type { ServiceContext } from "./context.js";
 
 /**
@@ -113,12 +115,15 @@ export function jobMessage(job: JobRecord): Job {
 /** A job snapshot as a JobEvent; a succeeded job that made or changed a volume carries it as the result. */
 export async function jobEvent(ctx: ServiceContext, job: JobRecord, signal?: AbortSignal): Promise<JobEvent> {
   const message = jobMessage(job);
-  if (job.state === "SUCCEEDED") {
+  const check = job.kind === "CHECK_VOLUME" ? checkReportOf(job.result) : undefined;
+  if (job.state === "SUCCEEDED" && check !== undefined) {
+    message.result = { result: { $case: "check", check }, allocate: undefined };
+  } else if (job.state === "SUCCEEDED") {
     const volume = ctx.catalog.getVolume(job.volume);
     if (volume !== undefined)
       message.result = {
         result: { $case: "volume", volume: await volumeMessage(ctx, volume, signal) },
-        allocate: undefined,
+        allocate: allocateSummaryOf(job.result),
       };
   }
   return { job: message };
@@ -140,4 +145,15 @@ async function ownAllocation(
     if (e.data || (format !== "raw" && e.zero && e.offset !== undefined)) bytes += e.length;
   }
   return bytes;
+}
+
+/** The AllocateSummary of an allocate or flatten job (held in memory only; absent after a restart). */
+function allocateSummaryOf(result: unknown): AllocateSummary | undefined {
+  if (typeof result !== "object" || result === null || !("copiedBytes" in result)) return undefined;
+  const r = result as { copiedBytes: number; zeroedBytes: number; unchangedBytes: number };
+  return {
+    copiedBytes: BigInt(r.copiedBytes),
+    zeroedBytes: BigInt(r.zeroedBytes),
+    unchangedBytes: BigInt(r.unchangedBytes),
+  };
 }

@@ -3,6 +3,7 @@ import type { Server } from "@grpc/grpc-js";
 import {
   type BackingLink,
   type BlockImage,
+  copyImage,
   EngineError,
   type FormatName,
   flushImage,
@@ -13,6 +14,7 @@ import type { JobRecord, VolumeRecord } from "../catalog/catalog.js";
 import { VolumeFormat } from "../gen/vdisk/v1/common.js";
 import type { JobEvent } from "../gen/vdisk/v1/job.js";
 import {
+  type CheckVolumeRequest,
   CloneMode,
   type CloneVolumeRequest,
   type CreateVolumeRequest,
@@ -30,9 +32,12 @@ import { Qcow2Compat, VmdkSubformat } from "../gen/vdisk/v1/volume_types.js";
 import type { JobContext } from "../jobs/job-runner.js";
 import { validateVolumeName } from "../pool/names.js";
 import { type CallContext, clientStream, failingStream, serverStream, unary } from "../rpc/adapt.js";
-import { formatFromWire, preallocFromWire, toNumber } from "../rpc/convert.js";
+import { formatFromWire, formatToWire, preallocFromWire, toNumber } from "../rpc/convert.js";
 import { unimplemented } from "../rpc/errors.js";
+import { backingChain } from "./job-stream.js";
+import { checkVolume } from "./check-job.js";
 import { requireReadyVolume, requireVolume, type ServiceContext } from "./context.js";
+import { exportVolume, importVolume } from "./import-export.js";
 import { jobEvent, volumeMessage } from "./volume-messages.js";
 
 const DEFAULT_PAGE_SIZE = 100;
@@ -54,6 +59,8 @@ interface CreateSpec {
     | { compat: "0.10" | "1.1"; lazyRefcounts: boolean; refcountBits: number; extendedL2: boolean }
     | undefined;
   labels: Record<string, string>;
+  /** CloneVolume FULL: the volume whose content (through its chain) fills the new one. */
+  cloneSource: string | undefined;
 }
 
 const QCOW2_DEFAULT_CLUSTER = 64 * 1024;
@@ -78,15 +85,11 @@ export class VolumeService {
       cloneVolume: serverStream(env, "CloneVolume", (req: CloneVolumeRequest, call) =>
         this.cloneVolume(req, call),
       ),
-      checkVolume: serverStream(env, "CheckVolume", () =>
-        failingStream(unimplemented("CheckVolume", "issue 4: jobs beyond create")),
+      checkVolume: serverStream(env, "CheckVolume", (req: CheckVolumeRequest, call) =>
+        checkVolume(this.ctx, req, call),
       ),
-      importVolume: clientStream(env, "ImportVolume", async () => {
-        throw unimplemented("ImportVolume", "needs image inspection and the qcow2/vmdk drivers");
-      }),
-      exportVolume: serverStream(env, "ExportVolume", () =>
-        failingStream(unimplemented("ExportVolume", "needs the qcow2/vmdk writers")),
-      ),
+      importVolume: clientStream(env, "ImportVolume", (reqs, call) => importVolume(this.ctx, reqs, call)),
+      exportVolume: serverStream(env, "ExportVolume", (req, call) => exportVolume(this.ctx, req, call)),
     };
     server.addService(VolumeServiceService, impl);
   }
@@ -95,8 +98,9 @@ export class VolumeService {
     req: CreateVolumeRequest,
     call: CallContext,
     kind: "CREATE_VOLUME" | "CLONE_VOLUME" = "CREATE_VOLUME",
+    cloneSource?: string,
   ): AsyncGenerator<JobEvent> {
-    const spec = this.validateCreate(req);
+    const spec = { ...this.validateCreate(req), cloneSource };
     const specHash = hashSpec(spec);
     const requestId = req.requestId === "" ? undefined : req.requestId;
     const { catalog, jobs } = this.ctx;
@@ -313,6 +317,7 @@ export class VolumeService {
           ? { subformat: "monolithicSparse", zeroedGrain: req.vmdk?.zeroedGrain === true }
           : undefined,
       labels,
+      cloneSource: undefined,
     };
   }
 
@@ -351,7 +356,10 @@ export class VolumeService {
       errorMessage: undefined,
     };
     const prealloc = spec.preallocation;
-    const totalBytes = prealloc === "off" ? 0 : (spec.allocationBytes ?? spec.capacity);
+    const preallocBytes = prealloc === "off" ? 0 : (spec.allocationBytes ?? spec.capacity);
+    const source =
+      spec.cloneSource === undefined ? undefined : requireReadyVolume(catalog, spec.cloneSource, "source");
+    const totalBytes = preallocBytes + (source === undefined ? 0 : source.capacity);
     const driver = engine.driverFor(spec.format);
 
     const work = async (job: JobContext): Promise<void> => {
@@ -375,11 +383,12 @@ export class VolumeService {
           signal: job.signal,
           onProgress: (done, total, phase) => job.progress(done, total, phase ?? "preallocating"),
         });
-        job.progress(totalBytes, totalBytes, "publishing");
+        if (source === undefined) job.progress(totalBytes, totalBytes, "publishing");
         await file.flush();
       } finally {
         await file.close();
       }
+      if (source !== undefined) await this.fillFromSource(source, temp, spec.format, preallocBytes, totalBytes, job);
       await pool.publish(temp, spec.name, spec.format);
       catalog.updateVolume(spec.name, { state: "READY" });
     };
@@ -406,12 +415,15 @@ export class VolumeService {
         kind,
         volume: spec.name,
         ...(requestId === undefined ? {} : { requestId }),
-        // The backing volume is held shared, so it can't be deleted or resized under the new overlay.
+        // The backing volume (or a full clone's source chain) is held shared, so it can't change under us.
         locks: [
           { volume: spec.name, mode: "exclusive" },
           ...(spec.backingVolume === undefined
             ? []
             : [{ volume: spec.backingVolume, mode: "shared" as const }]),
+          ...(source === undefined
+            ? []
+            : [source, ...backingChain(this.ctx, source)].map((v) => ({ volume: v.name, mode: "shared" as const }))),
         ],
         totalBytes,
         run: async (job) => {
@@ -435,16 +447,45 @@ export class VolumeService {
   }
 
   /**
+   * Copies a full clone's content into its freshly created (still unpublished) image: sparse, so runs that
+   * read as zeros in the source stay unallocated in the target. Every chunk is a cancellation point.
+   */
+  private async fillFromSource(
+    source: VolumeRecord,
+    temp: string,
+    format: FormatName,
+    startDone: number,
+    totalBytes: number,
+    job: JobContext,
+  ): Promise<void> {
+    const { engine, images } = this.ctx;
+    const sourceImage = await images.get(source);
+    const file = await engine.openHostFile(temp, { readOnly: false });
+    let target: BlockImage;
+    try {
+      target = await engine.driverFor(format).open(file, { readOnly: false });
+    } catch (err) {
+      await file.close().catch(() => {});
+      throw err;
+    }
+    try {
+      await copyImage(sourceImage, target, {
+        signal: job.signal,
+        onProgress: (done, _total, phase) => job.progress(startDone + done, totalBytes, phase ?? "copying"),
+      });
+      job.progress(totalBytes, totalBytes, "publishing");
+      await target.flush({ signal: job.signal });
+    } finally {
+      await target.close();
+    }
+  }
+
+  /**
    * LINKED: a new qcow2 overlay whose backing is the source — exactly a CreateVolume of a qcow2 with
    * backing_volume = source and the source's capacity, recorded as a CLONE_VOLUME job.
    */
   cloneVolume(req: CloneVolumeRequest, call: CallContext): AsyncGenerator<JobEvent> {
-    if (req.mode === CloneMode.CLONE_MODE_FULL) {
-      throw unimplemented(
-        "CloneVolume FULL",
-        "copy jobs over the engine's copyImage are not wired into the server yet",
-      );
-    }
+    if (req.mode === CloneMode.CLONE_MODE_FULL) return this.cloneFull(req, call);
     if (req.mode !== CloneMode.CLONE_MODE_LINKED) {
       throw new EngineError("INVALID_ARGUMENT", "mode is required (LINKED or FULL)", {
         reason: "INVALID_CLONE_MODE",
@@ -485,6 +526,40 @@ export class VolumeService {
     );
   }
 
+  /** FULL: an independent copy in any format (default the source's), with the source's capacity. */
+  private cloneFull(req: CloneVolumeRequest, call: CallContext): AsyncGenerator<JobEvent> {
+    const sourceName = validateVolumeName(req.source, "source");
+    const requestId = req.requestId === "" ? undefined : req.requestId;
+    // A retry after the clone finished must not need the source to still look the same.
+    const prior = requestId === undefined ? undefined : this.ctx.jobs.get(requestId, true);
+    const source =
+      prior === undefined
+        ? requireReadyVolume(this.ctx.catalog, sourceName, "source")
+        : this.ctx.catalog.getVolume(sourceName);
+    return this.createVolume(
+      {
+        name: req.name,
+        format:
+          req.format === VolumeFormat.VOLUME_FORMAT_UNSPECIFIED && source !== undefined
+            ? formatToWire(source.format)
+            : req.format,
+        capacityBytes: BigInt(source?.capacity ?? 1),
+        preallocation: req.preallocation,
+        allocationBytes: undefined,
+        backingVolume: "",
+        clusterSize: req.clusterSize,
+        qcow2: req.qcow2,
+        vmdk: req.vmdk,
+        labels: req.labels,
+        requestId: req.requestId,
+        cancelOnDisconnect: req.cancelOnDisconnect,
+      },
+      call,
+      "CLONE_VOLUME",
+      sourceName,
+    );
+  }
+
   async *resizeVolume(req: ResizeVolumeRequest, call: CallContext): AsyncGenerator<JobEvent> {
     const { catalog, jobs, images, log } = this.ctx;
     const requestId = req.requestId === "" ? undefined : req.requestId;
@@ -497,8 +572,8 @@ export class VolumeService {
     }
     if (job === undefined) {
       const volume = requireReadyVolume(catalog, req.name);
-      if (volume.format !== "raw")
-        throw unimplemented(`ResizeVolume for ${volume.format}`, "only raw volumes can be resized so far");
+      if (volume.format !== "raw" && volume.format !== "qcow2")
+        throw unimplemented(`ResizeVolume for ${volume.format}`, "only raw and qcow2 volumes can be resized so far");
       const requested = toNumber(req.capacityBytes, "capacity_bytes");
       if (requested <= 0 || requested > this.ctx.maxCapacity) {
         throw new EngineError(
@@ -512,7 +587,7 @@ export class VolumeService {
       }
       const newSize = Math.ceil(requested / 512) * 512;
       const prealloc = preallocFromWire(req.preallocation);
-      if (prealloc === "metadata") {
+      if (prealloc === "metadata" && volume.format === "raw") {
         throw new EngineError("INVALID_ARGUMENT", "raw volumes support preallocation OFF, FALLOC or FULL", {
           reason: "INVALID_PREALLOCATION",
           metadata: { field: "preallocation" },
@@ -553,8 +628,12 @@ export class VolumeService {
             // A grow cut short must not leave the file longer than the recorded capacity: raw capacity is
             // the file size, so a partial preallocation would silently change it at the next open.
             // The image still believes in the old size (it changes only after a complete truncate), so the
-            // file is cut back directly, with the image closed; raw is the only format resized here.
-            if (newSize > oldSize) {
+            // file is cut back directly, with the image closed (raw only: its size is the file size).
+            if (newSize > oldSize && volume.format === "qcow2") {
+              // qcow2 publishes the new size in its header before preallocating the grown area (which
+              // already reads as zeros), so a cut-short grow is a complete, thinner grow: record it.
+              catalog.updateVolume(volume.name, { capacity: image.virtualSize });
+            } else if (newSize > oldSize) {
               await images.close(volume.uid).catch(() => {});
               await this.ctx.pool
                 .truncateFile(this.ctx.pool.volumePath(volume.name, volume.format), oldSize)
@@ -677,6 +756,7 @@ function hashSpec(spec: CreateSpec): string {
     spec.vmdk ?? null,
     spec.qcow2 ?? null,
     Object.entries(spec.labels),
+    spec.cloneSource ?? null,
   ]);
   return createHash("sha256").update(canonical).digest("hex");
 }

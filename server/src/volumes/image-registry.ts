@@ -1,4 +1,4 @@
-import type { BlockDriver, BlockImage, FormatName, HostFile } from "@vdisk/engine";
+import type { BlockDriver, BlockImage, FormatName, HostFile, LockMode } from "@vdisk/engine";
 import { EngineError } from "@vdisk/engine";
 import type { Catalog, VolumeRecord } from "../catalog/catalog.js";
 import type { Pool } from "../pool/pool.js";
@@ -10,13 +10,25 @@ export interface EngineDeps {
   driverFor(format: FormatName): BlockDriver;
 }
 
+interface OpenImage {
+  image: BlockImage;
+  file: HostFile;
+  lock: LockMode;
+}
+
 /**
  * One open image per volume, shared by every call (several opens of one file would each cache metadata
  * and take image locks against each other). Keyed by uid, so a volume deleted and re-created under the
  * same name is never served from the old file. Backing volumes are opened through the registry too.
+ *
+ * Every file is image-locked the way QEMU locks it (reliability.md §1.7) before the driver reads a byte,
+ * and stays locked while open: a volume served directly is locked "exclusive" (a VM or qemu-io can't
+ * open it for writing, nor can another vdisk server on the same pool); a volume only read as a backing
+ * layer is locked "shared" and upgraded when it is later served directly. A lock conflict is not cached:
+ * the next call tries again.
  */
 export class ImageRegistry {
-  private readonly open = new Map<string, Promise<BlockImage>>();
+  private readonly open = new Map<string, Promise<OpenImage>>();
 
   constructor(
     private readonly catalog: Catalog,
@@ -25,17 +37,28 @@ export class ImageRegistry {
   ) {}
 
   async get(volume: VolumeRecord, depth = 0): Promise<BlockImage> {
+    const lock: LockMode = depth === 0 ? "exclusive" : "shared";
     const existing = this.open.get(volume.uid);
-    if (existing !== undefined) return existing;
+    if (existing !== undefined) {
+      const entry = await existing;
+      if (lock === "exclusive" && entry.lock === "shared") {
+        // Throws IMAGE_LOCKED (keeping the shared lock) while another process reads or writes the file.
+        await entry.file.lockImage("exclusive");
+        entry.lock = "exclusive";
+      }
+      return entry.image;
+    }
     if (depth > 64)
       throw new EngineError("FAILED_PRECONDITION", "backing chain is too deep", { reason: "CHAIN_TOO_DEEP" });
-    const opening = this.openImage(volume, depth);
+    const opening = this.openImage(volume, depth, lock);
     this.open.set(volume.uid, opening);
-    opening.catch(() => this.open.delete(volume.uid));
-    return opening;
+    opening.catch(() => {
+      if (this.open.get(volume.uid) === opening) this.open.delete(volume.uid);
+    });
+    return (await opening).image;
   }
 
-  private async openImage(volume: VolumeRecord, depth: number): Promise<BlockImage> {
+  private async openImage(volume: VolumeRecord, depth: number, lock: LockMode): Promise<OpenImage> {
     const driver = this.deps.driverFor(volume.format);
     let backing: BlockImage | undefined;
     if (volume.backingVolume !== undefined) {
@@ -55,7 +78,12 @@ export class ImageRegistry {
       readOnly: false,
     });
     try {
-      return await driver.open(file, { readOnly: false, ...(backing === undefined ? {} : { backing }) });
+      await file.lockImage(lock);
+      const image = await driver.open(file, {
+        readOnly: false,
+        ...(backing === undefined ? {} : { backing }),
+      });
+      return { image, file, lock };
     } catch (err) {
       await file.close().catch(() => {});
       throw err;
@@ -67,15 +95,17 @@ export class ImageRegistry {
     const opening = this.open.get(uid);
     if (opening === undefined) return;
     this.open.delete(uid);
-    const image = await opening.catch(() => undefined);
-    await image?.close();
+    const entry = await opening.catch(() => undefined);
+    // Closing the file descriptor drops its OFD locks too; unlocking first makes the release explicit.
+    await entry?.file.unlockImage().catch(() => {});
+    await entry?.image.close();
   }
 
   /** Closes every open image, overlays before the images they read through. */
   async closeAll(): Promise<void> {
-    const images = (await Promise.all([...this.open.values()].map((p) => p.catch(() => undefined)))).filter(
-      (i) => i !== undefined,
-    );
+    const images = (await Promise.all([...this.open.values()].map((p) => p.catch(() => undefined))))
+      .filter((e) => e !== undefined)
+      .map((e) => e.image);
     this.open.clear();
     const backings = new Set(images.map((i) => i.backing).filter((b) => b !== undefined));
     const ordered = [...images.filter((i) => !backings.has(i)), ...images.filter((i) => backings.has(i))];

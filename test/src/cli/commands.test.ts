@@ -225,6 +225,7 @@ describe("data: upload, download, map, zero, discard", () => {
     expect(r.code, r.stderr).toBe(0);
     const { stdout: qemu } = await exec("qemu-img", [
       "map",
+      "-U",
       "--output=json",
       "-f",
       "raw",
@@ -239,6 +240,7 @@ describe("data: upload, download, map, zero, discard", () => {
     const ranged = await t.cli(["map", "data", "--json", "--offset", "8M", "--length", "4M"]);
     const { stdout: qemuRanged } = await exec("qemu-img", [
       "map",
+      "-U",
       "--output=json",
       "-f",
       "raw",
@@ -269,6 +271,7 @@ describe("data: upload, download, map, zero, discard", () => {
     const map = JSON.parse((await t.cli(["map", "data", "--json"])).stdout);
     const { stdout: qemu } = await exec("qemu-img", [
       "map",
+      "-U",
       "--output=json",
       "-f",
       "raw",

@@ -103,7 +103,7 @@ describe("raw volume end to end through the SDK", () => {
     expect(summary.dataBytes).toBe(MiB);
     expect(summary.zeroBytes).toBe(TiB - MiB);
 
-    const { stdout } = await run("qemu-img", ["map", "--output=json", "-f", "raw", volumeFile()]).catch(
+    const { stdout } = await run("qemu-img", ["map", "-U", "--output=json", "-f", "raw", volumeFile()]).catch(
       (error: unknown) => {
         throw new Error(
           `qemu-img is required to check map semantics (Debian: apt-get install qemu-utils): ${String(error)}`,

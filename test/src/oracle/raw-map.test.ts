@@ -21,7 +21,7 @@ const MiB = 1024 * KiB;
 type QemuMapEntry = Record<string, number | boolean>;
 
 async function qemuImgMap(path: string, range?: { start: number; length: number }): Promise<QemuMapEntry[]> {
-  const args = ["map", "--output=json", "-f", "raw"];
+  const args = ["map", "-U", "--output=json", "-f", "raw"];
   if (range !== undefined)
     args.push("--start-offset", String(range.start), "--max-length", String(range.length));
   args.push(path);

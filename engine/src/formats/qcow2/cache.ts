@@ -3,6 +3,14 @@ import type { HostFile } from "../../host/host-file.js";
 interface CacheEntry {
   data: Buffer;
   dirty: boolean;
+  /** Installed and never written yet: its first write is an allocation, not an update. */
+  fresh: boolean;
+}
+
+/** Write point names (IoOptions.point) for a cache's first write of a new table and for later updates. */
+export interface CachePoints {
+  alloc: string;
+  update: string;
 }
 
 /**
@@ -20,6 +28,7 @@ export class MetadataCache {
     private readonly file: HostFile,
     readonly tableBytes: number,
     readonly maxEntries: number,
+    private readonly points: CachePoints,
   ) {}
 
   get size(): number {
@@ -38,7 +47,7 @@ export class MetadataCache {
     await this.file.readFull(offset, data);
     const again = this.entries.get(offset); // a concurrent miss may have loaded it meanwhile
     if (again) return again.data;
-    this.entries.set(offset, { data, dirty: false });
+    this.entries.set(offset, { data, dirty: false, fresh: false });
     return data;
   }
 
@@ -47,7 +56,7 @@ export class MetadataCache {
     const data = Buffer.alloc(this.tableBytes);
     if (contents) data.set(contents.subarray(0, this.tableBytes));
     this.entries.delete(offset);
-    this.entries.set(offset, { data, dirty: true });
+    this.entries.set(offset, { data, dirty: true, fresh: true });
     return data;
   }
 
@@ -75,17 +84,23 @@ export class MetadataCache {
   async writeDirty(): Promise<boolean> {
     const dirty = [...this.entries.entries()].filter(([, e]) => e.dirty).sort((a, b) => a[0] - b[0]);
     if (dirty.length === 0) return false;
-    let group: { start: number; buffers: Buffer[] } | undefined;
+    let group: { start: number; buffers: Buffer[]; fresh: boolean } | undefined;
+    const writeGroup = async (g: { start: number; buffers: Buffer[]; fresh: boolean }) => {
+      await this.file.writev(g.start, g.buffers, { point: g.fresh ? this.points.alloc : this.points.update });
+    };
     for (const [offset, entry] of dirty) {
-      if (group && offset === group.start + group.buffers.length * this.tableBytes) {
+      if (group && offset === group.start + group.buffers.length * this.tableBytes && entry.fresh === group.fresh) {
         group.buffers.push(entry.data);
         continue;
       }
-      if (group) await this.file.writev(group.start, group.buffers);
-      group = { start: offset, buffers: [entry.data] };
+      if (group) await writeGroup(group);
+      group = { start: offset, buffers: [entry.data], fresh: entry.fresh };
     }
-    if (group) await this.file.writev(group.start, group.buffers);
-    for (const [, e] of dirty) e.dirty = false;
+    if (group) await writeGroup(group);
+    for (const [, e] of dirty) {
+      e.dirty = false;
+      e.fresh = false;
+    }
     return true;
   }
 

@@ -306,10 +306,10 @@ async function rebuildRefcounts(md: Qcow2Metadata, c: Census): Promise<void> {
   while (end > 0 && c.refs[end - 1] === 0) end--;
   const start = Math.max(end, Math.ceil((await md.file.size()) / cs));
   const s = buildRefcountStructure(md.layout, start, (k) => c.refs[k] ?? 0);
-  await md.file.write(start * cs, s.bytes);
+  await md.file.write(start * cs, s.bytes, { point: "refcount_rebuild.write" });
   md.noteWrite();
   await md.barrier();
-  await md.writeCountOffsetPair(FIELD.refcountTable, true, s.tableClusters, s.tableOffset);
+  await md.writeCountOffsetPair(FIELD.refcountTable, true, s.tableClusters, s.tableOffset, "refcount_rebuild.switch_table");
   md.header.refcountTableOffset = s.tableOffset;
   md.header.refcountTableClusters = s.tableClusters;
   md.installRefcounts(Buffer.from(s.table), s.tableOffset, s.tableClusters, s.totalClusters * cs);

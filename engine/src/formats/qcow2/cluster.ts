@@ -219,6 +219,8 @@ interface ClusterPlan {
   piece: Uint8Array;
   within: number;
   inPlace: boolean;
+  /** The piece is a whole new cluster carrying copied head/tail bytes (copy-on-write). */
+  cow: boolean;
 }
 
 export type LayerReader = (offset: number, into: Uint8Array) => Promise<void>;
@@ -263,7 +265,7 @@ export async function writeClusters(
       } else {
         dest = e.hostOffset;
       }
-      plans.push({ table, tableOffset, index, old: e, dest, piece: full ?? slice, within, inPlace });
+      plans.push({ table, tableOffset, index, old: e, dest, piece: full ?? slice, within, inPlace, cow: !inPlace && n < cs });
       pos += n;
     }
   }
@@ -291,11 +293,11 @@ export async function writeClusters(
   await allocateRun();
 
   // Write host-contiguous pieces as single requests (a short in-place piece never has a successor).
-  let group: { start: number; end: number; buffers: Uint8Array[] } | undefined;
+  let group: { start: number; end: number; buffers: Uint8Array[]; cow: boolean } | undefined;
   const writeGroup = async () => {
     if (!group) return;
     await assertNoMetadataOverlap(md, group.start, group.end - group.start);
-    await md.file.writev(group.start, group.buffers);
+    await md.file.writev(group.start, group.buffers, { point: group.cow ? "cow_write" : "data_write" });
     md.noteWrite();
     group = undefined;
   };
@@ -303,10 +305,11 @@ export async function writeClusters(
     if (group && host === group.end) {
       group.buffers.push(plan.piece);
       group.end += plan.piece.length;
+      group.cow ||= plan.cow;
       continue;
     }
     await writeGroup();
-    group = { start: host, end: host + plan.piece.length, buffers: [plan.piece] };
+    group = { start: host, end: host + plan.piece.length, buffers: [plan.piece], cow: plan.cow };
   }
   await writeGroup();
 

@@ -38,6 +38,8 @@ export class Qcow2Metadata {
   snapshotTableBytes = 0;
   /** Something was written since the last fdatasync. */
   private unsynced = false;
+  /** The first host I/O failure of a mutating operation: writes stop until the image is reopened. */
+  writeFailure: EngineError | undefined;
   /** Set once corruption was detected: writes stop. */
   corruptDetected = false;
   /** Lazy refcounts in effect: the dirty bit is set before the first metadata change. */
@@ -61,7 +63,10 @@ export class Qcow2Metadata {
     this.l1 = l1;
     this.l1View = new DataView(l1.buffer, l1.byteOffset, l1.byteLength);
     const l2Bytes = this.layout.clusterSize;
-    this.l2 = new MetadataCache(file, l2Bytes, Math.max(16, Math.floor(L2_CACHE_BYTES / l2Bytes)));
+    this.l2 = new MetadataCache(file, l2Bytes, Math.max(16, Math.floor(L2_CACHE_BYTES / l2Bytes)), {
+      alloc: "l2_alloc",
+      update: "l2_update",
+    });
   }
 
   /** Installs a refcount manager over `table` (at `tableOffset`), e.g. after open or a rebuild. */
@@ -72,7 +77,7 @@ export class Qcow2Metadata {
         await this.barrier();
       },
       switchRefcountTable: async (offset, clusters) => {
-        await this.writeCountOffsetPair(FIELD.refcountTable, true, clusters, offset);
+        await this.writeCountOffsetPair(FIELD.refcountTable, true, clusters, offset, "reftable_grow.switch_table");
         this.header.refcountTableOffset = offset;
         this.header.refcountTableClusters = clusters;
       },
@@ -130,7 +135,7 @@ export class Qcow2Metadata {
   async barrier(): Promise<void> {
     if (!this.unsynced) return;
     this.unsynced = false;
-    await this.file.flush();
+    await this.file.flush({ point: "flush" });
   }
 
   /** Fails writes once the image is known to be corrupt. */
@@ -151,7 +156,7 @@ export class Qcow2Metadata {
     const buf = Buffer.alloc(8);
     writeU64(buf, 0, value);
     await this.barrier();
-    await this.file.write(field, buf);
+    await this.file.write(field, buf, { point: "header_update" });
     this.noteWrite();
     await this.barrier();
   }
@@ -162,6 +167,7 @@ export class Qcow2Metadata {
     offsetFirst: boolean,
     count: number,
     offset: number,
+    point: string,
   ): Promise<void> {
     const buf = Buffer.alloc(12);
     if (offsetFirst) {
@@ -172,7 +178,7 @@ export class Qcow2Metadata {
       writeU64(buf, 4, offset);
     }
     await this.barrier();
-    await this.file.write(field, buf);
+    await this.file.write(field, buf, { point });
     this.noteWrite();
     await this.barrier();
   }
@@ -181,7 +187,7 @@ export class Qcow2Metadata {
     const buf = Buffer.alloc(8);
     writeU64(buf, 0, size);
     await this.barrier();
-    await this.file.write(FIELD.size, buf);
+    await this.file.write(FIELD.size, buf, { point: "header_update.size" });
     this.noteWrite();
     await this.barrier();
     this.header.size = size;
@@ -205,7 +211,7 @@ export class Qcow2Metadata {
     );
     padded.set(bytes);
     await this.barrier();
-    await this.file.write(0, padded);
+    await this.file.write(0, padded, { point: "header_update.rewrite" });
     this.noteWrite();
     await this.barrier();
     this.header = next;
@@ -295,7 +301,9 @@ export class Qcow2Metadata {
     for (const { first, last } of consecutiveRuns(sectors)) {
       const start = first * 512;
       const end = Math.min((last + 1) * 512, this.l1.length);
-      await this.file.write(this.header.l1TableOffset + start, this.l1.subarray(start, end));
+      await this.file.write(this.header.l1TableOffset + start, this.l1.subarray(start, end), {
+        point: "l1_update",
+      });
     }
   }
 

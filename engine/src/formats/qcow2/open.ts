@@ -229,9 +229,9 @@ export async function createQcow2(file: HostFile, opts: CreateOptions): Promise<
   const head = Buffer.alloc(cs);
   head.set(serializeHeader(header));
   const l1 = Buffer.alloc(l1Clusters * cs);
-  await file.writev(0, [head, structure, l1]);
+  await file.writev(0, [head, structure, l1], { point: "create" });
   if ((await file.size()) < total * cs) await file.truncate(total * cs);
-  await file.flush();
+  await file.flush({ point: "create.flush" });
 
   const image = await openQcow2(file, {
     readOnly: false,

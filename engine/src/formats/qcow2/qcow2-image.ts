@@ -105,6 +105,24 @@ export class Qcow2Image implements BlockImage {
     });
   }
 
+  /**
+   * Runs a mutating operation under the image lock. A host I/O failure in the middle of one can leave
+   * the in-memory metadata (caches, a half-grown table) ahead of the file, and writing on from that state
+   * could make the on-disk image inconsistent; so, as for a failed fsync (reliability.md b.14), the handle
+   * stops writing. What is on disk has at most leaks and is used as it is by the next open.
+   */
+  private mutating<T>(fn: () => Promise<T>): Promise<T> {
+    return this.locked(async () => {
+      if (this.md.writeFailure && !this.readOnly) throw writeFailedError(this.md.writeFailure);
+      try {
+        return await fn();
+      } catch (err) {
+        if (isHostFailure(err) && !this.readOnly) this.md.writeFailure ??= err;
+        throw err;
+      }
+    });
+  }
+
   private assertWritable(): void {
     if (this.readOnly)
       throw new EngineError("READ_ONLY", "qcow2: image is open read-only", { reason: "READ_ONLY" });
@@ -179,7 +197,7 @@ export class Qcow2Image implements BlockImage {
   }
 
   write(offset: number, data: Uint8Array, opts?: IoOptions): Promise<void> {
-    return this.locked(async () => {
+    return this.mutating(async () => {
       throwIfAborted(opts?.signal);
       this.assertWritable();
       assertInImage(this.md, offset, data.length);
@@ -192,7 +210,7 @@ export class Qcow2Image implements BlockImage {
   }
 
   writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
-    return this.locked(async () => {
+    return this.mutating(async () => {
       throwIfAborted(opts?.signal);
       this.assertWritable();
       assertInImage(this.md, offset, length);
@@ -262,7 +280,7 @@ export class Qcow2Image implements BlockImage {
   }
 
   discard(offset: number, length: number, opts?: IoOptions): Promise<void> {
-    return this.locked(async () => {
+    return this.mutating(async () => {
       throwIfAborted(opts?.signal);
       this.assertWritable();
       assertInImage(this.md, offset, length);
@@ -330,7 +348,7 @@ export class Qcow2Image implements BlockImage {
   }
 
   truncate(newSize: number, opts: TruncateOptions): Promise<void> {
-    return this.locked(async () => {
+    return this.mutating(async () => {
       throwIfAborted(opts.signal);
       this.assertWritable();
       if (!Number.isSafeInteger(newSize) || newSize < 0) {
@@ -408,11 +426,11 @@ export class Qcow2Image implements BlockImage {
     next.set(md.l1.subarray(0, Math.min(md.l1.length, next.length)));
     const padded = Buffer.alloc(bytes);
     padded.set(next);
-    await md.file.write(offset, padded);
+    await md.file.write(offset, padded, { point: "l1_grow.write_table" });
     md.noteWrite();
     await md.barrier();
     const old = { offset: md.header.l1TableOffset, bytes: alignUp(md.header.l1Size * 8, cs) };
-    await md.writeCountOffsetPair(FIELD.l1Size, false, entries, offset);
+    await md.writeCountOffsetPair(FIELD.l1Size, false, entries, offset, "l1_grow.activate_table");
     md.header.l1Size = entries;
     md.header.l1TableOffset = offset;
     md.replaceL1(next);
@@ -420,7 +438,7 @@ export class Qcow2Image implements BlockImage {
   }
 
   flush(opts?: IoOptions): Promise<void> {
-    return this.locked(async () => {
+    return this.mutating(async () => {
       throwIfAborted(opts?.signal);
       await this.md.flush();
     });
@@ -431,7 +449,7 @@ export class Qcow2Image implements BlockImage {
       if (opts.repair !== "none" && this.readOnly) {
         throw new EngineError("READ_ONLY", "qcow2: repair needs a writable image", { reason: "READ_ONLY" });
       }
-      if (!this.readOnly && !this.md.corruptDetected) await this.md.flush();
+      if (!this.readOnly && !this.md.corruptDetected && !this.md.writeFailure) await this.md.flush();
       const result = await checkImage(this.md, opts.repair, opts.signal);
       if (opts.repair === "all" && result.corruptions === 0 && !this.readOnly) {
         // A clean double-check allows clearing the corrupt and dirty bits (QEMU does the same).
@@ -447,7 +465,7 @@ export class Qcow2Image implements BlockImage {
   }
 
   setBackingLink(link: BackingLink | undefined, backing: BlockImage | undefined): Promise<void> {
-    return this.locked(async () => {
+    return this.mutating(async () => {
       this.assertWritable();
       if (link && Buffer.byteLength(link.fileName, "utf8") > MAX_BACKING_NAME) {
         throw new EngineError("INVALID_ARGUMENT", "qcow2: backing file name too long", {
@@ -490,7 +508,7 @@ export class Qcow2Image implements BlockImage {
     await this.lock.run(async () => {
       if (this.closed) return;
       this.closed = true;
-      if (this.readOnly || this.md.corruptDetected) return;
+      if (this.readOnly || this.md.corruptDetected || this.md.writeFailure) return;
       await this.md.flush();
       await this.md.markClean();
     });
@@ -528,7 +546,9 @@ export async function preallocateRange(
       } else if (opts.prealloc === "full") {
         const zeros = Buffer.alloc(Math.min(bytes, 4 * 1024 * 1024));
         for (let done = 0; done < bytes; done += zeros.length) {
-          await md.file.write(host + done, zeros.subarray(0, Math.min(zeros.length, bytes - done)));
+          await md.file.write(host + done, zeros.subarray(0, Math.min(zeros.length, bytes - done)), {
+            point: "prealloc_write",
+          });
         }
       }
       md.noteWrite();
@@ -537,4 +557,17 @@ export async function preallocateRange(
     pos = stepEnd;
     opts.onProgress?.(pos - from, total, "preallocate");
   }
+}
+
+/** A host I/O failure (errno or failed fsync), as opposed to a refused request or detected corruption. */
+function isHostFailure(err: unknown): err is EngineError {
+  return err instanceof EngineError && err.reason.startsWith("HOST_");
+}
+
+function writeFailedError(first: EngineError): EngineError {
+  return new EngineError(first.code, "qcow2: an earlier write to this image failed; reopen it to continue", {
+    reason: "QCOW2_WRITE_FAILED",
+    metadata: { firstReason: first.reason },
+    cause: first,
+  });
 }

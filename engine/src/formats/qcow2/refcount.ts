@@ -48,6 +48,7 @@ export class RefcountManager {
       file,
       layout.clusterSize,
       Math.max(16, Math.floor(cacheBytes / layout.clusterSize)),
+      { alloc: "refblock_alloc", update: "refblock_update" },
     );
     this.allocEnd = alignUp(allocEnd, layout.clusterSize);
     this.bits = layout.refcountBits;
@@ -116,6 +117,15 @@ export class RefcountManager {
 
   /** A new refcount block at the end of the allocated area; it describes itself when it falls in its own range. */
   private async createBlock(tableIndex: number): Promise<Buffer> {
+    // The block's own refcount must fall inside the table as it is: growing the table from inside this
+    // call would write (and switch to) a table that references this block while its refcount existed
+    // only in memory — a crash there leaves a refcount block with refcount 0 (found by the fault matrix).
+    const ownIndex = refcountIndexOf(this.layout, this.allocEnd).tableIndex;
+    if (ownIndex >= this.tableEntries) {
+      await this.growTable(ownIndex + 1);
+      const created = await this.loadBlock(tableIndex); // the growth may have created this very block
+      if (created) return created;
+    }
     const offset = this.allocEnd;
     this.allocEnd += this.layout.clusterSize;
     const block = this.blocks.install(offset);
@@ -157,7 +167,7 @@ export class RefcountManager {
 
     await this.blocks.writeDirty();
     await this.host.barrier();
-    await this.file.write(tableOffset, this.table);
+    await this.file.write(tableOffset, this.table, { point: "reftable_grow.write_table" });
     this.dirtyTableSectors.clear();
     await this.host.barrier();
     await this.host.switchRefcountTable(tableOffset, tableBytes / cs);
@@ -251,7 +261,9 @@ export class RefcountManager {
     for (const { first, last } of consecutiveRuns(sectors)) {
       const start = first * 512;
       const end = Math.min((last + 1) * 512, this.table.length);
-      await this.file.write(this.currentTable.offset + start, this.table.subarray(start, end));
+      await this.file.write(this.currentTable.offset + start, this.table.subarray(start, end), {
+        point: "reftable_update",
+      });
     }
   }
 }

@@ -72,8 +72,10 @@ export async function checkSparseImage(input: CheckInput): Promise<CheckResult> 
     if (redundant !== undefined) {
       const at = tables.rgd![gdIndex]! * 512;
       claims.push({ start: at, end: at + tableBytes, what: `redundant grain table ${gdIndex}` });
-      if (!table.every((v, i) => v === redundant[i]))
-        report(`ERROR: grain table ${gdIndex} differs from its redundant copy`);
+      const disagreement = compareCopies(table, redundant);
+      if (disagreement === "conflict") report(`ERROR: grain table ${gdIndex} differs from its redundant copy`);
+      else if (disagreement === "lagging" && messages.length < 1000)
+        messages.push(`Warning: grain table ${gdIndex} and its redundant copy differ by an interrupted update`);
     } else if (layout.rgdOffset !== undefined) {
       report(`ERROR: grain table ${gdIndex} has no redundant copy`);
     }
@@ -140,4 +142,21 @@ export async function checkSparseImage(input: CheckInput): Promise<CheckResult> 
     compressedClusters: compressedGrains,
     messages,
   };
+}
+
+/**
+ * Entries are only ever set once (0 → grain, or 0 → zeroed), the primary copy first. A crash between
+ * the two copies' writes leaves one side still 0: harmless, as the primary decides. Two different
+ * non-zero values cannot come from an interrupted update and are reported as corruption.
+ */
+function compareCopies(primary: Uint32Array, redundant: Uint32Array): "same" | "lagging" | "conflict" {
+  let result: "same" | "lagging" = "same";
+  for (let i = 0; i < primary.length; i++) {
+    const a = primary[i]!;
+    const b = redundant[i]!;
+    if (a === b) continue;
+    if (a !== 0 && b !== 0) return "conflict";
+    result = "lagging";
+  }
+  return result;
 }

@@ -54,7 +54,7 @@ export async function createVmdk(file: HostFile, opts: CreateOptions): Promise<v
       grainSize,
       adapterType,
       write: async (bytes) => {
-        await file.write(at, bytes);
+        await file.write(at, bytes, { point: "create" });
         at += bytes.length;
       },
     });
@@ -100,15 +100,15 @@ export async function createVmdk(file: HostFile, opts: CreateOptions): Promise<v
   );
   // The zeroed grain tables come from extending the file (sparse), not from writing zeros.
   await file.truncate(grainOffset * SECTOR_SIZE);
-  await file.write(0, header);
-  await file.write(SECTOR_SIZE, descriptor);
+  await file.write(0, header, { point: "create" });
+  await file.write(SECTOR_SIZE, descriptor, { point: "create" });
   const directory = (firstTable: number) =>
     encodeU32Table(
       Array.from({ length: gtCount }, (_, i) => firstTable + i * gtSectors),
       gdSectors * SECTOR_SIZE,
     );
-  await file.write(rgdOffset * SECTOR_SIZE, directory(rgdOffset + gdSectors));
-  await file.write(gdOffset * SECTOR_SIZE, directory(gdOffset + gdSectors));
-  await file.flush();
+  await file.write(rgdOffset * SECTOR_SIZE, directory(rgdOffset + gdSectors), { point: "create" });
+  await file.write(gdOffset * SECTOR_SIZE, directory(gdOffset + gdSectors), { point: "create" });
+  await file.flush({ point: "create.flush" });
   opts.onProgress?.(opts.size, opts.size);
 }

@@ -86,8 +86,9 @@ export class GrainTables {
     try {
       const bytes = encodeU32Table(values);
       const at = firstEntry * 4;
-      await this.file.write(this.gd[gdIndex]! * 512 + at, bytes);
-      if (this.rgd !== undefined) await this.file.write(this.rgd[gdIndex]! * 512 + at, bytes);
+      await this.file.write(this.gd[gdIndex]! * 512 + at, bytes, { point: "gt_update" });
+      if (this.rgd !== undefined)
+        await this.file.write(this.rgd[gdIndex]! * 512 + at, bytes, { point: "gt_update.redundant" });
     } catch (err) {
       table.entries.set(previous, firstEntry);
       throw err;
