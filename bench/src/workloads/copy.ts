@@ -76,7 +76,8 @@ function copyWorkload(c: CopyCase): Workload {
       }
 
       const compare = (out: string) => () => {
-        runQuiet(["qemu-img", "compare", "-q", "-f", c.from, "-F", c.to, source, out]);
+        // -U: the server holds image locks on its volumes; compare only reads.
+        runQuiet(["qemu-img", "compare", "-U", "-q", "-f", c.from, "-F", c.to, source, out]);
         return Promise.resolve();
       };
       const peer: Contestant = {
