@@ -1,8 +1,7 @@
+export type { FaultOp, FaultSpec, InjectedErrno } from "./fault-plan.js";
 export type { HostCapabilities, HostFile, LockMode } from "./host-file.js";
 export {
   createMemoryFile,
-  type FaultOp,
-  type FaultSpec,
   type MemoryFile,
   type MemoryFileOptions,
   type MemoryFileStats,

@@ -182,12 +182,20 @@ describe("memory file: fault injection", () => {
     await f.write(0, pattern(10, 1), { point: "l2_update" });
     await f.write(0, pattern(10, 1), { point: "l1_growth" });
     expect((await caught(f.write(0, pattern(10, 1), { point: "l1_grow" }))).code).toBe("NO_SPACE");
-    expect((await caught(f.write(0, pattern(10, 1), { point: "l1_grow.write_table" }))).code).toBe("NO_SPACE");
+    expect((await caught(f.write(0, pattern(10, 1), { point: "l1_grow.write_table" }))).code).toBe(
+      "NO_SPACE",
+    );
     await f.flush();
     f.clearFaults();
     f.injectFault({ op: "flush", point: "flush", error: "EIO" });
     expect((await caught(f.flush())).code).toBe("FSYNC_FAILED");
-    expect(f.stats.points).toMatchObject({ l2_update: 1, l1_growth: 1, l1_grow: 1, "l1_grow.write_table": 1, flush: 2 });
+    expect(f.stats.points).toMatchObject({
+      l2_update: 1,
+      l1_growth: 1,
+      l1_grow: 1,
+      "l1_grow.write_table": 1,
+      flush: 2,
+    });
   });
 
   it("a flush fault is permanent, like a real fsync failure", async () => {

@@ -1,12 +1,7 @@
 import { EngineError, throwIfAborted } from "../errors.js";
 import type { IoOptions } from "../types.js";
-import {
-  checkRange,
-  type FallocateCapability,
-  fsyncFailedError,
-  readOnlyError,
-  unsupportedError,
-} from "./checks.js";
+import { checkRange, type FallocateCapability, readOnlyError, unsupportedError } from "./checks.js";
+import { FaultPlan, type FaultSpec } from "./fault-plan.js";
 import type { HostCapabilities, HostFile, LockMode } from "./host-file.js";
 
 /**
@@ -16,30 +11,6 @@ import type { HostCapabilities, HostFile, LockMode } from "./host-file.js";
  */
 
 const CHUNK = 64 * 1024;
-
-/** A fault's point matches the call's point itself and its dotted refinements ("l1_grow" ⊇ "l1_grow.write_table"). */
-function pointMatches(wanted: string, actual: string | undefined): boolean {
-  return actual !== undefined && (actual === wanted || actual.startsWith(`${wanted}.`));
-}
-
-/** Which calls a fault matches. "write" is every call that changes the file (write, writev, truncate, fallocate modes). */
-export type FaultOp = "write" | "flush" | "read" | "any";
-
-export interface FaultSpec {
-  op: FaultOp;
-  /** The nth matching call after injection fails (1-based, default 1). */
-  nth?: number;
-  error: "EIO" | "ENOSPC";
-  /** Fail the nth matching call and every one after it (a dead disk, a full disk), not just the nth. */
-  persistent?: boolean;
-  /**
-   * Only calls the driver named with this write point match (IoOptions.point; a flush without a name is
-   * "flush", truncate and fallocate calls have no name). "l1_grow" also matches "l1_grow.write_table".
-   */
-  point?: string;
-  /** Only calls touching this range match (truncate passes the changed range, flush passes 0, 0). */
-  when?: (offset: number, length: number) => boolean;
-}
 
 export interface MemoryFileStats {
   reads: number;
@@ -72,11 +43,6 @@ export function createMemoryFile(opts: MemoryFileOptions = {}): MemoryFile {
   return new MemoryHostFile(opts);
 }
 
-interface ArmedFault {
-  spec: FaultSpec;
-  matched: number;
-}
-
 class MemoryHostFile implements MemoryFile {
   readonly readOnly: boolean;
   readonly capabilities: HostCapabilities;
@@ -91,8 +57,7 @@ class MemoryHostFile implements MemoryFile {
   };
   private readonly chunks = new Map<number, Uint8Array>();
   private length = 0;
-  private faults: ArmedFault[] = [];
-  private fsyncFailure: EngineError | undefined;
+  private readonly faults = new FaultPlan();
   private closed = false;
 
   constructor(opts: MemoryFileOptions) {
@@ -112,13 +77,11 @@ class MemoryHostFile implements MemoryFile {
   }
 
   injectFault(fault: FaultSpec): void {
-    const nth = fault.nth ?? 1;
-    if (!Number.isInteger(nth) || nth < 1) throw new RangeError("fault nth must be a positive integer");
-    this.faults.push({ spec: fault, matched: 0 });
+    this.faults.inject(fault);
   }
 
   clearFaults(): void {
-    this.faults = [];
+    this.faults.clear();
   }
 
   contents(): Uint8Array {
@@ -183,16 +146,15 @@ class MemoryHostFile implements MemoryFile {
 
   async flush(opts?: IoOptions): Promise<void> {
     this.checkOpen();
-    if (this.fsyncFailure) throw this.fsyncFailure;
+    if (this.faults.deadHandle) throw this.faults.deadHandle;
     this.stats.flushes++;
     const point = opts?.point ?? "flush";
     this.stats.points[point] = (this.stats.points[point] ?? 0) + 1;
     try {
-      this.fireFaults("flush", 0, 0, point);
-    } catch (err) {
       // Same contract as the real file: an fsync failure is permanent.
-      this.fsyncFailure = fsyncFailedError(err);
-      throw this.fsyncFailure;
+      this.faults.fireFlush(point);
+    } finally {
+      this.stats.faultsFired = this.faults.faultsFired;
     }
   }
 
@@ -257,13 +219,17 @@ class MemoryHostFile implements MemoryFile {
     throwIfAborted(opts?.signal);
     if (op === "write") {
       if (this.readOnly) throw readOnlyError();
-      if (this.fsyncFailure) throw this.fsyncFailure;
+      if (this.faults.deadHandle) throw this.faults.deadHandle;
       this.stats.writes++;
       if (opts?.point !== undefined) this.stats.points[opts.point] = (this.stats.points[opts.point] ?? 0) + 1;
     } else {
       this.stats.reads++;
     }
-    this.fireFaults(op, offset, length, opts?.point);
+    try {
+      this.faults.fire(op, offset, length, opts?.point);
+    } finally {
+      this.stats.faultsFired = this.faults.faultsFired;
+    }
   }
 
   private beginFallocate(capability: FallocateCapability, offset: number, length: number): void {
@@ -271,24 +237,6 @@ class MemoryHostFile implements MemoryFile {
     if (this.readOnly) throw readOnlyError();
     if (!this.capabilities[capability]) throw unsupportedError(capability);
     this.begin("write", offset, length);
-  }
-
-  private fireFaults(op: "read" | "write" | "flush", offset: number, length: number, point?: string): void {
-    for (const fault of this.faults) {
-      const { spec } = fault;
-      if (spec.op !== op && spec.op !== "any") continue;
-      if (spec.point !== undefined && !pointMatches(spec.point, point)) continue;
-      if (spec.when && !spec.when(offset, length)) continue;
-      fault.matched++;
-      const nth = spec.nth ?? 1;
-      if (fault.matched === nth || (spec.persistent && fault.matched > nth)) {
-        if (!spec.persistent) this.faults = this.faults.filter((f) => f !== fault);
-        this.stats.faultsFired++;
-        const err: NodeJS.ErrnoException = new Error(`injected ${spec.error} on ${op}`);
-        err.code = spec.error;
-        throw EngineError.from(err);
-      }
-    }
   }
 
   private checkOpen(): void {
