@@ -5,7 +5,6 @@ import { Server } from "@grpc/grpc-js";
 import { loadSync } from "@grpc/proto-loader";
 import { ReflectionService } from "@grpc/reflection";
 import { driverFor, openHostFile } from "@vdisk/engine";
-import { HealthImplementation, type ServingStatus } from "grpc-health-check";
 import { SqliteCatalog } from "./catalog/sqlite-catalog.js";
 import { parseListen, type ServerConfig } from "./config.js";
 import { JobRunner } from "./jobs/job-runner.js";
@@ -19,6 +18,7 @@ import { bearerTokenInterceptor, loadTokens } from "./security/token-auth.js";
 import { AllocationService } from "./services/allocation-service.js";
 import { type ServiceContext, StreamAdmission } from "./services/context.js";
 import { DataService } from "./services/data-service.js";
+import { ServerHealth } from "./services/health.js";
 import { JobService } from "./services/job-service.js";
 import { VolumeService } from "./services/volume-service.js";
 import { type EngineDeps, ImageRegistry } from "./volumes/image-registry.js";
@@ -100,6 +100,7 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
   const shutdown = new AbortController();
   const images = new ImageRegistry(catalog, pool, engine);
   const locks = new VolumeLocks();
+  const health = new ServerHealth(catalog, SERVICE_NAMES);
   const jobs = new JobRunner({
     store: catalog,
     locks,
@@ -121,6 +122,7 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
     adapter: { log, shutdown: shutdown.signal },
     log,
     maxCapacity: config.maxCapacity,
+    health,
   };
 
   const server = new Server({
@@ -132,9 +134,6 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
   new DataService(ctx).addToServer(server);
   new JobService(ctx).addToServer(server);
 
-  const initial: Record<string, ServingStatus> = { "": "SERVING" };
-  for (const name of SERVICE_NAMES) initial[name] = "SERVING";
-  const health = new HealthImplementation(initial);
   health.addToServer(server);
 
   if (config.reflection) new ReflectionService(loadContract()).addToServer(server);
@@ -162,7 +161,7 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
     poolOk = ok;
     if (ok) log.info({ pool: pool.root }, "pool is writable again; serving");
     else log.error({ pool: pool.root }, "pool is not writable; health NOT_SERVING");
-    for (const name of ["", ...SERVICE_NAMES]) health.setStatus(name, ok ? "SERVING" : "NOT_SERVING");
+    health.setServing(ok);
   };
   const poolTimer = setInterval(() => void probePool(), options.poolProbeMs ?? 10_000);
   poolTimer.unref();
@@ -186,7 +185,7 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
       log.info("draining");
       draining = true;
       clearInterval(poolTimer);
-      for (const name of ["", ...SERVICE_NAMES]) health.setStatus(name, "NOT_SERVING");
+      health.setServing(false);
       shutdown.abort();
       await jobs.shutdown(shutdownTimeoutMs);
       await new Promise<void>((resolve) => {

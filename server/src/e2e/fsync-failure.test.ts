@@ -1,9 +1,17 @@
 import { status } from "@grpc/grpc-js";
 import { driverFor, openHostFile } from "@vdisk/engine";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import type { WriteVolumeRequest, WriteVolumeResponse } from "../gen/vdisk/v1/data.js";
 import { VolumeState } from "../gen/vdisk/v1/volume_types.js";
-import { call, collect, createVolume, expectStatus, type Harness, startHarness } from "./harness.js";
+import {
+  call,
+  collect,
+  createVolume,
+  expectStatus,
+  type Harness,
+  healthClient,
+  startHarness,
+} from "./harness.js";
 
 let h: Harness;
 let failFsync = false;
@@ -40,6 +48,14 @@ function write(messages: WriteVolumeRequest[]): Promise<WriteVolumeResponse> {
 describe("fsync failure", () => {
   it("fails the write with DATA_LOSS and leaves the volume in ERROR until an operator acts", async () => {
     await createVolume(h, "fragile");
+    await createVolume(h, "sturdy");
+    const health = await healthClient(h);
+    expect(await health.check("vdisk.v1.Volume/fragile")).toBe("SERVING");
+    const watched: string[] = [];
+    const watch = health.client.watch({ service: "vdisk.v1.Volume/fragile" });
+    watch.on("data", (m: { status: string }) => watched.push(m.status));
+    watch.on("error", () => {}); // cancelled at the end
+    await vi.waitFor(() => expect(watched).toEqual(["SERVING"]));
     failFsync = true;
     await expectStatus(
       write([
@@ -57,5 +73,14 @@ describe("fsync failure", () => {
       status.FAILED_PRECONDITION,
       "VOLUME_ERROR",
     );
+    // reliability.md T4: health reports NOT_SERVING for that volume — and only for it.
+    expect(await health.check("vdisk.v1.Volume/fragile")).toBe("NOT_SERVING");
+    await vi.waitFor(() => expect(watched).toEqual(["SERVING", "NOT_SERVING"]));
+    expect(await health.check("vdisk.v1.Volume/sturdy")).toBe("SERVING");
+    expect(await health.check("")).toBe("SERVING");
+    expect(await health.check("vdisk.v1.DataService")).toBe("SERVING");
+    expect(await health.check("vdisk.v1.Volume/no-such-volume")).toBe("NOT_FOUND");
+    watch.cancel();
+    health.close();
   });
 });

@@ -137,3 +137,28 @@ export async function expectStatus(
   if (reason !== undefined) expect(info?.reason).toBe(reason);
   return err;
 }
+
+/** A grpc.health.v1 client for the harness's server (the health proto shipped with grpc-health-check). */
+export async function healthClient(h: Harness) {
+  const grpc = await import("@grpc/grpc-js");
+  const loader = await import("@grpc/proto-loader");
+  const { protoPath } = await import("grpc-health-check");
+  const def = loader.loadSync(protoPath, { keepCase: true, enums: String });
+  // biome-ignore lint/suspicious/noExplicitAny: a dynamically loaded service constructor.
+  const pkg = grpc.loadPackageDefinition(def) as any;
+  const client = new pkg.grpc.health.v1.Health(`127.0.0.1:${h.server.port}`, credentials.createInsecure());
+  return {
+    client,
+    /** Health/Check's status for `service`, or "NOT_FOUND" when the server knows no such service. */
+    check(service: string): Promise<string> {
+      return new Promise((resolve, reject) =>
+        client.check({ service }, (err: ServiceError | null, r: { status: string }) => {
+          if (err?.code === 5) resolve("NOT_FOUND");
+          else if (err) reject(err);
+          else resolve(r.status);
+        }),
+      );
+    },
+    close: () => client.close(),
+  };
+}

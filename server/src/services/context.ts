@@ -8,6 +8,7 @@ import { validateVolumeName } from "../pool/names.js";
 import type { Pool } from "../pool/pool.js";
 import type { AdapterEnv } from "../rpc/adapt.js";
 import type { EngineDeps, ImageRegistry } from "../volumes/image-registry.js";
+import type { ServerHealth } from "./health.js";
 
 /** Everything the services share; built once by startServer. */
 export interface ServiceContext {
@@ -21,6 +22,8 @@ export interface ServiceContext {
   adapter: AdapterEnv;
   log: Logger;
   maxCapacity: number;
+  /** Told when a volume's state changes, for its `vdisk.v1.Volume/<name>` health status. */
+  health: Pick<ServerHealth, "volumeChanged">;
 }
 
 export function requireVolume(catalog: Catalog, name: string, field = "name"): VolumeRecord {
@@ -75,6 +78,7 @@ export async function markVolumeIfBroken(
   } catch (updateErr) {
     ctx.log.error({ err: updateErr, volume: volume.name }, "could not record the ERROR state");
   }
+  ctx.health.volumeChanged(volume.name);
   await ctx.images.close(volume.uid).catch(() => {});
 }
 
