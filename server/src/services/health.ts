@@ -1,9 +1,9 @@
 import {
+  status as grpcStatus,
   type Server,
   type ServerUnaryCall,
   type ServerWritableStream,
   type sendUnaryData,
-  status as grpcStatus,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { HealthImplementation, type ServingStatus } from "grpc-health-check";
