@@ -23,6 +23,8 @@ export class GrainTables {
   private readonly tableBytes: number;
   /** Bumped by every update, so a bulk read that raced with one doesn't cache what it read. */
   private readonly versions = new Map<number, number>();
+  /** Tables whose on-disk copies may differ from memory since an update of them failed. */
+  private readonly unsynced = new Set<number>();
 
   constructor(
     private readonly file: HostFile,
@@ -73,6 +75,12 @@ export class GrainTables {
   /**
    * Points `values.length` consecutive entries of one table at new grains (whose data is already
    * written): memory first, so readers see only written grains, then the primary and redundant copies.
+   *
+   * If a copy's write fails, what it left on disk is unknown (old entries, new ones, or one copy of
+   * each), so memory keeps the new entries — their grains are durable, so pointing at them is safe — and
+   * the table is marked unsynced: the next update of it, and the next flush, rewrite it whole before
+   * anything more is acknowledged. Reverting memory instead would let a later write or zero write be
+   * acknowledged against entries the disk does not hold (found by the vmdk fault matrix).
    */
   async setEntries(gdIndex: number, firstEntry: number, values: readonly number[]): Promise<void> {
     if (!this.hasTable(gdIndex)) {
@@ -81,20 +89,42 @@ export class GrainTables {
     const table = await this.table(gdIndex);
     table.pins++;
     this.versions.set(gdIndex, (this.versions.get(gdIndex) ?? 0) + 1);
-    const previous = table.entries.slice(firstEntry, firstEntry + values.length);
     table.entries.set(values, firstEntry);
     try {
-      const bytes = encodeU32Table(values);
-      const at = firstEntry * 4;
-      await this.file.write(this.gd[gdIndex]! * 512 + at, bytes, { point: "gt_update" });
-      if (this.rgd !== undefined)
-        await this.file.write(this.rgd[gdIndex]! * 512 + at, bytes, { point: "gt_update.redundant" });
+      if (this.unsynced.has(gdIndex)) await this.writeWhole(gdIndex, table);
+      else await this.writeCopies(gdIndex, firstEntry * 4, encodeU32Table(values));
     } catch (err) {
-      table.entries.set(previous, firstEntry);
+      this.markUnsynced(gdIndex, table);
       throw err;
     } finally {
       table.pins--;
     }
+  }
+
+  /** Rewrites every table a failed update left unsynced; a flush calls it before the fsync. */
+  async syncUnsynced(): Promise<void> {
+    for (const gdIndex of [...this.unsynced]) {
+      const table = this.cache.get(gdIndex);
+      if (table !== undefined) await this.writeWhole(gdIndex, table);
+    }
+  }
+
+  private async writeWhole(gdIndex: number, table: CachedTable): Promise<void> {
+    await this.writeCopies(gdIndex, 0, encodeU32Table(table.entries));
+    if (this.unsynced.delete(gdIndex)) table.pins--; // the pin markUnsynced took
+  }
+
+  private async writeCopies(gdIndex: number, at: number, bytes: Uint8Array): Promise<void> {
+    await this.file.write(this.gd[gdIndex]! * 512 + at, bytes, { point: "gt_update" });
+    if (this.rgd !== undefined)
+      await this.file.write(this.rgd[gdIndex]! * 512 + at, bytes, { point: "gt_update.redundant" });
+  }
+
+  /** An unsynced table stays pinned: evicting it would reload what the disk holds and lose the entries. */
+  private markUnsynced(gdIndex: number, table: CachedTable): void {
+    if (this.unsynced.has(gdIndex)) return;
+    this.unsynced.add(gdIndex);
+    table.pins++;
   }
 
   /**

@@ -199,7 +199,9 @@ export class VmdkSparseImage implements BlockImage {
       done += n;
     }
     await Promise.all(
-      inPlace.map((w) => this.file.write(w.host, data.subarray(w.start, w.end), { point: "grain_write.in_place" })),
+      inPlace.map((w) =>
+        this.file.write(w.host, data.subarray(w.start, w.end), { point: "grain_write.in_place" }),
+      ),
     );
     if (fresh.length > 0) await this.allocateGrains(fresh);
   }
@@ -387,7 +389,7 @@ export class VmdkSparseImage implements BlockImage {
 
   async flush(_opts?: IoOptions): Promise<void> {
     this.assertOpen();
-    if (!this.readOnly) await this.serialized(() => this.file.flush({ point: "flush" }));
+    if (!this.readOnly) await this.serialized(() => this.flushLocked());
   }
 
   async check(opts: { repair: RepairMode; signal?: AbortSignal }): Promise<CheckResult> {
@@ -429,11 +431,17 @@ export class VmdkSparseImage implements BlockImage {
   async close(): Promise<void> {
     if (this.closed) return;
     try {
-      if (!this.readOnly) await this.serialized(() => this.file.flush({ point: "flush" }));
+      if (!this.readOnly) await this.serialized(() => this.flushLocked());
     } finally {
       this.closed = true;
       await this.file.close();
     }
+  }
+
+  /** Tables a failed update left unsynced are rewritten first: a flush acknowledges what memory holds. */
+  private async flushLocked(): Promise<void> {
+    await this.tables.syncUnsynced();
+    await this.file.flush({ point: "flush" });
   }
 
   private serialized<T>(task: () => Promise<T>): Promise<T> {
