@@ -17,3 +17,4 @@ export {
   type MemoryFileOptions,
   type MemoryFileStats,
 } from "../host/memory-file.js";
+export { makeWorkload, type Op, opData, SectorOracle, type WorkloadShape } from "./workload.js";

@@ -158,16 +158,25 @@ export class SectorOracle {
   }
 
   /** Problems found comparing the image against the oracle (empty = nothing lost). */
-  async verify(img: BlockImage, maxProblems = 5): Promise<string[]> {
+  verify(img: BlockImage, maxProblems = 5): Promise<string[]> {
+    return this.verifyReader(img.virtualSize, (offset, length) => readAt(img, offset, length), maxProblems);
+  }
+
+  /** verify() for an image read some other way (e.g. through the server's ReadVolume). */
+  async verifyReader(
+    virtualSize: number,
+    read: (offset: number, length: number) => Promise<Uint8Array>,
+    maxProblems = 5,
+  ): Promise<string[]> {
     const problems: string[] = [];
-    if (!this.possibleSizes.has(img.virtualSize) && img.virtualSize !== this.ackedSize) {
-      problems.push(`virtual size ${img.virtualSize} not in {${[...this.possibleSizes].join(", ")}}`);
+    if (!this.possibleSizes.has(virtualSize) && virtualSize !== this.ackedSize) {
+      problems.push(`virtual size ${virtualSize} not in {${[...this.possibleSizes].join(", ")}}`);
     }
-    const size = Math.min(img.virtualSize, Math.max(...this.possibleSizes));
+    const size = Math.min(virtualSize, Math.max(...this.possibleSizes));
     const chunk = 256 * 1024;
     for (let base = 0; base < size && problems.length < maxProblems; base += chunk) {
       const n = Math.min(chunk, size - base);
-      const got = await readAt(img, base, n);
+      const got = await read(base, n);
       for (let at = 0; at < n && problems.length < maxProblems; at += SECTOR) {
         const sector = (base + at) / SECTOR;
         const actual = got.subarray(at, at + SECTOR);

@@ -57,9 +57,15 @@ export function requireReadyVolume(catalog: Catalog, name: string, field = "name
 }
 
 /**
- * After a failed operation on a volume: if the failure makes the volume untrustworthy (an fsync failed,
- * or corruption was detected), the volume goes to ERROR and stays there until an operator acts (DESIGN
- * §7 rules 6 and 7), and its image is closed so nothing keeps writing through it.
+ * After a failed operation on a volume:
+ *
+ * - if the failure makes the volume untrustworthy (an fsync failed, or corruption was detected), the
+ *   volume goes to ERROR and stays there until an operator acts (DESIGN §7 rules 6 and 7), and its image
+ *   is closed so nothing keeps writing through it;
+ * - after any other host I/O error (EIO, ENOSPC on a write), the volume stays READY but its open image is
+ *   dropped: a driver may stop writing through a handle whose write failed (qcow2 does: its caches may be
+ *   ahead of the disk), and what is on disk holds at most leaks, so the next call reopens the image from
+ *   the disk and serves again once the cause is gone (reliability.md T4/T5, fault-matrix.test.ts).
  */
 export async function markVolumeIfBroken(
   ctx: ServiceContext,
@@ -67,7 +73,16 @@ export async function markVolumeIfBroken(
   err: unknown,
 ): Promise<void> {
   const e = EngineError.from(err);
-  if (e.code !== "FSYNC_FAILED" && e.code !== "CORRUPT") return;
+  if (e.code !== "FSYNC_FAILED" && e.code !== "CORRUPT") {
+    if (isHostWriteFailure(e)) {
+      ctx.log.warn(
+        { volume: volume.name, code: e.code, reason: e.reason },
+        "host I/O error; reopening the image",
+      );
+      await ctx.images.close(volume.uid).catch(() => {});
+    }
+    return;
+  }
   const message =
     e.code === "FSYNC_FAILED"
       ? "a flush to disk failed; data written since the last successful flush may be lost"
@@ -80,6 +95,14 @@ export async function markVolumeIfBroken(
   }
   ctx.health.volumeChanged(volume.name);
   await ctx.images.close(volume.uid).catch(() => {});
+}
+
+/** An I/O error of the host file, or a driver refusing to write after one (not a refused request). */
+function isHostWriteFailure(e: EngineError): boolean {
+  return (
+    (e.code === "IO" || e.code === "NO_SPACE") &&
+    (e.reason.startsWith("HOST_") || e.reason === "QCOW2_WRITE_FAILED")
+  );
 }
 
 /** Data streams and range calls allowed at once, per volume and in total (DESIGN §4 admission). */
