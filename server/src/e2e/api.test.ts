@@ -1,6 +1,6 @@
 import fs from "node:fs";
 import path from "node:path";
-import { credentials, status } from "@grpc/grpc-js";
+import { status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Preallocation, VolumeFormat, ZeroDetection } from "../gen/vdisk/v1/common.js";
 import type { ReadVolumeRequest, WriteVolumeRequest, WriteVolumeResponse } from "../gen/vdisk/v1/data.js";
@@ -14,6 +14,7 @@ import {
   createVolume,
   expectStatus,
   type Harness,
+  healthClient,
   MAX_CAPACITY,
   startHarness,
 } from "./harness.js";
@@ -118,7 +119,10 @@ describe("input validation", () => {
 
   it("answers UNIMPLEMENTED with what is missing", async () => {
     // Resizing vmdk volumes is the one operation still missing (QEMU does not resize vmdk either).
-    await createVolume(h, "unresizable", { format: VolumeFormat.VOLUME_FORMAT_VMDK, capacityBytes: 1048576n });
+    await createVolume(h, "unresizable", {
+      format: VolumeFormat.VOLUME_FORMAT_VMDK,
+      capacityBytes: 1048576n,
+    });
     const err = await expectStatus(
       collect(
         h.volumes.resizeVolume({
@@ -427,29 +431,12 @@ describe("jobs, health and reflection", () => {
   });
 
   it("serves grpc.health.v1 for the server and each service", async () => {
-    const { HealthClient } = await loadHealthClient();
-    const client = new HealthClient(`127.0.0.1:${h.server.port}`, credentials.createInsecure());
-    for (const service of ["", "vdisk.v1.VolumeService", "vdisk.v1.DataService"]) {
-      const res = await new Promise<{ status: string }>((resolve, reject) =>
-        client.check({ service }, (err: Error | null, r: { status: string }) =>
-          err ? reject(err) : resolve(r),
-        ),
-      );
-      expect(res.status).toBe("SERVING");
-    }
-    client.close();
+    const health = await healthClient(h);
+    for (const service of ["", "vdisk.v1.VolumeService", "vdisk.v1.DataService"])
+      expect(await health.check(service)).toBe("SERVING");
+    health.close();
   });
 });
-
-async function loadHealthClient() {
-  const grpc = await import("@grpc/grpc-js");
-  const loader = await import("@grpc/proto-loader");
-  const { protoPath } = await import("grpc-health-check");
-  const def = loader.loadSync(protoPath, { keepCase: true, enums: String });
-  // biome-ignore lint/suspicious/noExplicitAny: a dynamically loaded service constructor.
-  const pkg = grpc.loadPackageDefinition(def) as any;
-  return { HealthClient: pkg.grpc.health.v1.Health };
-}
 
 describe("cancellation and transport", () => {
   /** Note: returning from inside the for-await destroys the stream, which cancels the call. */
