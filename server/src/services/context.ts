@@ -56,7 +56,8 @@ export function requireReadyVolume(catalog: Catalog, name: string, field = "name
 /**
  * After a failed operation on a volume: if the failure makes the volume untrustworthy (an fsync failed,
  * or corruption was detected), the volume goes to ERROR and stays there until an operator acts (DESIGN
- * §7 rules 6 and 7), and its image is closed so nothing keeps writing through it.
+ * §7 rules 6 and 7), and its image is closed so nothing keeps writing through it. A full disk or another
+ * host I/O error leaves the volume READY and only closes the image, so the next call starts afresh.
  */
 export async function markVolumeIfBroken(
   ctx: ServiceContext,
@@ -64,6 +65,14 @@ export async function markVolumeIfBroken(
   err: unknown,
 ): Promise<void> {
   const e = EngineError.from(err);
+  if (e.code === "NO_SPACE" || e.code === "IO") {
+    // After a host write error mid-operation the engine stops writing through that handle (its in-memory
+    // metadata may be ahead of the file); the file itself has leaks at most and the next open uses it
+    // as it is. So the image is reopened by the next call, and writes work again once space is freed.
+    // An image that overlays read through stays open: they hold it as their backing.
+    if (ctx.catalog.dependantsOf(volume.name).length === 0) await ctx.images.close(volume.uid).catch(() => {});
+    return;
+  }
   if (e.code !== "FSYNC_FAILED" && e.code !== "CORRUPT") return;
   const message =
     e.code === "FSYNC_FAILED"
