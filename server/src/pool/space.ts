@@ -44,26 +44,28 @@ export interface NewImageEstimate {
 
 /** Worst-case host bytes a new image takes right after creation: its preallocated data plus its metadata. */
 export function newImageBytes(spec: NewImageEstimate): number {
-  const data = spec.prealloc === "falloc" || spec.prealloc === "full" ? (spec.allocationBytes ?? spec.capacity) : 0;
+  const data =
+    spec.prealloc === "falloc" || spec.prealloc === "full" ? (spec.allocationBytes ?? spec.capacity) : 0;
   if (spec.format === "raw") return data;
   if (spec.format === "vmdk") {
     // Header, descriptor, redundant and primary grain directories and tables (4 bytes per grain each).
     const grains = Math.ceil(spec.capacity / (spec.clusterSize || 64 * 1024));
     return 128 * 1024 + 2 * grains * 4;
   }
-  return data + qcow2MetadataBytes(spec.capacity, spec.clusterSize || 64 * 1024, spec.prealloc !== "off", data);
+  return data + qcow2MetadataBytes(spec.capacity, spec.clusterSize || 64 * 1024, spec.prealloc !== "off");
 }
 
 /**
  * qcow2 metadata: header, refcount table, L1, refcount blocks, and (for any preallocation) every L2
- * table. Counted with 16-bit refcounts and plain (not extended) L2 entries, the defaults.
+ * table, with refcounts for every data cluster too (preallocation gives each one a host offset, as
+ * qemu-img does). Counted with 16-bit refcounts and plain (not extended) L2 entries, the defaults.
  */
-function qcow2MetadataBytes(capacity: number, cluster: number, allL2: boolean, dataBytes: number): number {
+function qcow2MetadataBytes(capacity: number, cluster: number, preallocated: boolean): number {
   const dataClusters = Math.ceil(capacity / cluster);
   const l2Tables = Math.ceil(dataClusters / (cluster / 8));
   const l1Clusters = Math.ceil((l2Tables * 8) / cluster);
-  const tables = 2 + l1Clusters + (allL2 ? l2Tables : 0);
-  const fileClusters = tables + Math.ceil(dataBytes / cluster);
+  const tables = 2 + l1Clusters + (preallocated ? l2Tables : 0);
+  const fileClusters = tables + (preallocated ? dataClusters : 0);
   const refBlocks = Math.ceil((fileClusters * 2) / cluster) + 1;
   return (tables + refBlocks) * cluster;
 }

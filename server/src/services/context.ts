@@ -70,7 +70,8 @@ export async function markVolumeIfBroken(
     // metadata may be ahead of the file); the file itself has leaks at most and the next open uses it
     // as it is. So the image is reopened by the next call, and writes work again once space is freed.
     // An image that overlays read through stays open: they hold it as their backing.
-    if (ctx.catalog.dependantsOf(volume.name).length === 0) await ctx.images.close(volume.uid).catch(() => {});
+    if (ctx.catalog.dependantsOf(volume.name).length === 0)
+      await ctx.images.close(volume.uid).catch(() => {});
     return;
   }
   if (e.code !== "FSYNC_FAILED" && e.code !== "CORRUPT") return;

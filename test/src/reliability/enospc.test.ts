@@ -2,8 +2,8 @@ import { execFile } from "node:child_process";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { createLogger, type RunningServer, startServer } from "@vdisk/server";
 import { type CreateVolumeSpec, createVdiskClient, MiB, type VdiskClient } from "@vdisk/sdk";
+import { createLogger, type RunningServer, startServer } from "@vdisk/server";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   expectNothingHalfMade,
@@ -25,6 +25,21 @@ const run = promisify(execFile);
 const SPACE_REASONS = ["INSUFFICIENT_SPACE", "HOST_ENOSPC"];
 
 type Format = "raw" | "qcow2" | "vmdk";
+type Logger = ReturnType<typeof createLogger>;
+
+/** The server's logger, with its warning messages also kept in `seen` (what the client can't observe). */
+function recordingWarnings(log: Logger, seen: string[]): Logger {
+  return new Proxy(log, {
+    get(target, prop, receiver) {
+      const value: unknown = Reflect.get(target, prop, receiver);
+      if (prop !== "warn" || typeof value !== "function") return value;
+      return (obj: unknown, msg?: string, ...rest: unknown[]) => {
+        seen.push(typeof obj === "string" ? obj : String(msg));
+        return value.call(target, obj, msg, ...rest);
+      };
+    },
+  });
+}
 
 /** Creations tried on a full disk and again after space is freed. */
 const CREATES: CreateVolumeSpec[] = [
@@ -59,11 +74,15 @@ for (const kind of ["tmpfs", "ext4"] as const) {
     let rawImage: string;
     /** What the pool must hold at each check: name → format. */
     const expected: Record<string, Format> = {};
+    const warnings: string[] = [];
 
     async function start(): Promise<void> {
       server = await startServer({
         config: { listen: "127.0.0.1:0", pool, maxCapacity: 1 << 30, reflection: false, maxJobs: 2 },
-        log: createLogger((process.env.VDISK_TEST_LOG ?? "silent") as "silent", { pretty: false }),
+        log: recordingWarnings(
+          createLogger((process.env.VDISK_TEST_LOG ?? "silent") as "silent", { pretty: false }),
+          warnings,
+        ),
         shutdownTimeoutMs: 2000,
       });
       client = createVdiskClient({ baseUrl: `http://127.0.0.1:${server.port}`, timeoutMs: 30_000 });
@@ -123,8 +142,14 @@ for (const kind of ["tmpfs", "ext4"] as const) {
         await expectOutOfSpace(`create ${spec.name}`, client.createVolume(spec).result);
         await expectNothingHalfMade(client, pool, expected);
       }
-      await expectOutOfSpace("full clone", client.cloneVolume(KEEP_RAW.name, "copy", { format: "qcow2" }).result);
-      await expectOutOfSpace("linked clone", client.cloneVolume(KEEP_Q.name, "linked", { mode: "linked" }).result);
+      await expectOutOfSpace(
+        "full clone",
+        client.cloneVolume(KEEP_RAW.name, "copy", { format: "qcow2" }).result,
+      );
+      await expectOutOfSpace(
+        "linked clone",
+        client.cloneVolume(KEEP_Q.name, "linked", { mode: "linked" }).result,
+      );
       await expectOutOfSpace("import", client.importFile(qcow2Image, { name: "imported", format: "qcow2" }));
       await expectOutOfSpace(
         "import + convert",
@@ -138,7 +163,9 @@ for (const kind of ["tmpfs", "ext4"] as const) {
       await fs.fill();
       for (const w of WRITES) {
         const before = (await readAll(client, w.volume, w.size)).subarray(w.offset, w.offset + w.data.length);
-        const err = await failureOf(client.writeVolume(w.volume, [{ offset: w.offset, data: w.data }, { flush: true }]));
+        const err = await failureOf(
+          client.writeVolume(w.volume, [{ offset: w.offset, data: w.data }, { flush: true }]),
+        );
         expect({ volume: w.volume, code: err.code, reason: err.reason }).toEqual({
           volume: w.volume,
           code: "resource_exhausted",
@@ -153,7 +180,10 @@ for (const kind of ["tmpfs", "ext4"] as const) {
 
     it("on a full disk, DeleteVolume still works (the catalog itself has no room to grow)", async () => {
       await fs.fill();
+      warnings.length = 0;
       await client.deleteVolume("victim");
+      // The catalog really had no room: the server had to free the file's space before dropping the record.
+      expect(warnings).toContain("pool full: deleting the volume's file before its record");
       delete expected.victim;
       await expectNothingHalfMade(client, pool, expected);
       await expectKeptData();
@@ -163,7 +193,10 @@ for (const kind of ["tmpfs", "ext4"] as const) {
       // About 3 MiB free: above the server's reserve, so admission lets the work start.
       await fs.fill();
       await fs.release(3 * MiB);
-      await expectOutOfSpace("import of a 4 MiB upload", client.importFile(rawImage, { name: "too-big", format: "raw" }));
+      await expectOutOfSpace(
+        "import of a 4 MiB upload",
+        client.importFile(rawImage, { name: "too-big", format: "raw" }),
+      );
       await expectNothingHalfMade(client, pool, expected);
 
       await fs.fill();
@@ -173,7 +206,10 @@ for (const kind of ["tmpfs", "ext4"] as const) {
       const size = Math.floor(((free - MiB) * 0.9) / 4096) * 4096;
       const racers = ["race-a", "race-b"];
       const outcomes = await Promise.allSettled(
-        racers.map((name) => client.createVolume({ name, format: "raw", capacityBytes: size, preallocation: "full" }).result),
+        racers.map(
+          (name) =>
+            client.createVolume({ name, format: "raw", capacityBytes: size, preallocation: "full" }).result,
+        ),
       );
       const failed = outcomes.filter((o) => o.status === "rejected");
       expect(failed.length, "both preallocations cannot fit").toBeGreaterThan(0);
@@ -186,8 +222,13 @@ for (const kind of ["tmpfs", "ext4"] as const) {
       await fs.fill();
       await fs.release(3 * MiB);
       const big = { volume: KEEP_Q.name, offset: 4 * MiB, data: pattern(4 * MiB, 6) };
-      const err = await failureOf(client.writeVolume(big.volume, [{ offset: big.offset, data: big.data }, { flush: true }]));
-      expect({ code: err.code, reason: err.reason }).toEqual({ code: "resource_exhausted", reason: "HOST_ENOSPC" });
+      const err = await failureOf(
+        client.writeVolume(big.volume, [{ offset: big.offset, data: big.data }, { flush: true }]),
+      );
+      expect({ code: err.code, reason: err.reason }).toEqual({
+        code: "resource_exhausted",
+        reason: "HOST_ENOSPC",
+      });
       const after = (await readAll(client, big.volume, KEEP_Q.size)).subarray(big.offset);
       expectOldOrNew(after, Buffer.alloc(big.data.length), big.data, "keep-q after running out mid-write");
       await expectKeptData();
@@ -201,12 +242,15 @@ for (const kind of ["tmpfs", "ext4"] as const) {
 
     it("after the ballast is deleted, the same operations succeed and read back", async () => {
       await fs.free();
-      for (const w of WRITES) await client.writeVolume(w.volume, [{ offset: w.offset, data: w.data }, { flush: true }]);
+      for (const w of WRITES)
+        await client.writeVolume(w.volume, [{ offset: w.offset, data: w.data }, { flush: true }]);
       for (const spec of CREATES) {
         const volume = await client.createVolume(spec).result;
         expect({ name: volume.name, state: volume.state }).toEqual({ name: spec.name, state: "ready" });
         expected[spec.name] = spec.format as Format;
-        expect((await readAll(client, spec.name, spec.capacityBytes)).equals(Buffer.alloc(spec.capacityBytes))).toBe(true);
+        expect(
+          (await readAll(client, spec.name, spec.capacityBytes)).equals(Buffer.alloc(spec.capacityBytes)),
+        ).toBe(true);
       }
       await client.cloneVolume(KEEP_RAW.name, "copy", { format: "qcow2" }).result;
       expected.copy = "qcow2";

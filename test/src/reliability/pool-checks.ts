@@ -16,7 +16,8 @@ export function pattern(length: number, seed: number): Buffer {
 
 export async function readAll(client: VdiskClient, name: string, size: number): Promise<Buffer> {
   const out = Buffer.alloc(size);
-  for await (const piece of client.readVolume(name, { sparse: true })) if ("data" in piece) out.set(piece.data, piece.offset);
+  for await (const piece of client.readVolume(name, { sparse: true }))
+    if ("data" in piece) out.set(piece.data, piece.offset);
   return out;
 }
 
@@ -37,7 +38,8 @@ export async function failureOf(promise: Promise<unknown>): Promise<VdiskError> 
 export function expectOldOrNew(actual: Buffer, before: Buffer, attempted: Buffer, what: string): void {
   for (let at = 0; at < actual.length; at += 512) {
     const sector = actual.subarray(at, at + 512);
-    const ok = sector.equals(before.subarray(at, at + 512)) || sector.equals(attempted.subarray(at, at + 512));
+    const ok =
+      sector.equals(before.subarray(at, at + 512)) || sector.equals(attempted.subarray(at, at + 512));
     if (!ok) expect.fail(`${what}: sector at ${at} is neither its old content nor the attempted write`);
   }
 }
@@ -52,7 +54,8 @@ export async function qemuCheck(file: string, format: "qcow2" | "vmdk"): Promise
     return "clean";
   } catch (err) {
     const e = err as { code?: number | string; stdout?: string; stderr?: string };
-    if (e.code === "ENOENT") throw new Error("qemu-img is not installed (Debian: qemu-utils); the ENOSPC test needs it");
+    if (e.code === "ENOENT")
+      throw new Error("qemu-img is not installed (Debian: qemu-utils); the ENOSPC test needs it");
     if (e.code === 3) return "leaks";
     throw new Error(`qemu-img check of ${file} failed (exit ${e.code}):\n${e.stdout}${e.stderr}`);
   }
@@ -78,5 +81,9 @@ export async function expectNothingHalfMade(
   expect(unfinished).toEqual([]);
   expect(await readdir(join(pool, ".vdisk", "tmp"))).toEqual([]);
   const files = (await readdir(pool)).filter((f) => f !== ".vdisk").sort();
-  expect(files).toEqual(Object.entries(expected).map(([name, format]) => `${name}.${format}`).sort());
+  expect(files).toEqual(
+    Object.entries(expected)
+      .map(([name, format]) => `${name}.${format}`)
+      .sort(),
+  );
 }

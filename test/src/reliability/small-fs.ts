@@ -39,7 +39,10 @@ async function mountOrExplain(args: string[], what: string): Promise<void> {
 export async function mountTmpfs(sizeMiB: number): Promise<SmallFs> {
   await mkdir("/tmp/vdisk-enospc", { recursive: true });
   const dir = await mkdtemp("/tmp/vdisk-enospc/tmpfs-");
-  await mountOrExplain(["-t", "tmpfs", "-o", `size=${sizeMiB}m,mode=0700`, "tmpfs", dir], `a ${sizeMiB} MiB tmpfs`);
+  await mountOrExplain(
+    ["-t", "tmpfs", "-o", `size=${sizeMiB}m,mode=0700`, "tmpfs", dir],
+    `a ${sizeMiB} MiB tmpfs`,
+  );
   return smallFs("tmpfs", dir, async () => {});
 }
 
