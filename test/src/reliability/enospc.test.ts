@@ -6,6 +6,7 @@ import { type CreateVolumeSpec, createVdiskClient, MiB, type VdiskClient } from 
 import { createLogger, type RunningServer, startServer } from "@vdisk/server";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
+  eventuallyHealth,
   expectNothingHalfMade,
   expectOldOrNew,
   failureOf,
@@ -84,6 +85,7 @@ for (const kind of ["tmpfs", "ext4"] as const) {
           warnings,
         ),
         shutdownTimeoutMs: 2000,
+        poolProbeMs: 100,
       });
       client = createVdiskClient({ baseUrl: `http://127.0.0.1:${server.port}`, timeoutMs: 30_000 });
     }
@@ -138,6 +140,7 @@ for (const kind of ["tmpfs", "ext4"] as const) {
     it("on a full disk, create, clone and import fail with RESOURCE_EXHAUSTED and leave nothing behind", async () => {
       await fs.fill();
       expect(await fs.freeBytes()).toBeLessThan(64 * 1024);
+      expect(await eventuallyHealth(server.port, "NOT_SERVING")).toBe("NOT_SERVING");
       for (const spec of CREATES) {
         await expectOutOfSpace(`create ${spec.name}`, client.createVolume(spec).result);
         await expectNothingHalfMade(client, pool, expected);
@@ -240,8 +243,20 @@ for (const kind of ["tmpfs", "ext4"] as const) {
       }
     });
 
+    it("a server restarted while the disk is full starts, reconciles and serves what it has", async () => {
+      await fs.fill();
+      client.close();
+      await server.close();
+      await start();
+      await expectNothingHalfMade(client, pool, expected);
+      await expectKeptData();
+      expect(await eventuallyHealth(server.port, "NOT_SERVING")).toBe("NOT_SERVING");
+    });
+
     it("after the ballast is deleted, the same operations succeed and read back", async () => {
       await fs.free();
+      // Readiness follows the pool: the health probe can write again.
+      expect(await eventuallyHealth(server.port, "SERVING")).toBe("SERVING");
       for (const w of WRITES)
         await client.writeVolume(w.volume, [{ offset: w.offset, data: w.data }, { flush: true }]);
       for (const spec of CREATES) {

@@ -2,6 +2,7 @@ import { execFile } from "node:child_process";
 import { readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { credentials, Client as GrpcClient } from "@grpc/grpc-js";
 import type { VdiskClient, VdiskError } from "@vdisk/sdk";
 import { expect } from "vitest";
 
@@ -86,4 +87,35 @@ export async function expectNothingHalfMade(
       .map(([name, format]) => `${name}.${format}`)
       .sort(),
   );
+}
+
+type Health = "SERVING" | "NOT_SERVING" | "OTHER";
+
+/** grpc.health.v1.Health/Check of the whole server, decoded by hand (field 1, varint: 1 SERVING, 2 NOT_SERVING). */
+function health(port: number): Promise<Health> {
+  const client = new GrpcClient(`127.0.0.1:${port}`, credentials.createInsecure());
+  return new Promise<Health>((resolve, reject) => {
+    client.makeUnaryRequest(
+      "/grpc.health.v1.Health/Check",
+      () => Buffer.alloc(0),
+      (reply: Buffer) => reply,
+      {},
+      (err, reply) => {
+        client.close();
+        if (err) return reject(err);
+        const status = reply?.[0] === 0x08 ? reply[1] : undefined;
+        resolve(status === 1 ? "SERVING" : status === 2 ? "NOT_SERVING" : "OTHER");
+      },
+    );
+  });
+}
+
+/** Polls health until it reports `want` (the server probes its pool on a timer), for up to 5 s. */
+export async function eventuallyHealth(port: number, want: Health): Promise<Health> {
+  let last: Health = "OTHER";
+  for (let i = 0; i < 100 && last !== want; i++) {
+    last = await health(port);
+    if (last !== want) await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return last;
 }
