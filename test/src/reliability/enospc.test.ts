@@ -50,6 +50,7 @@ const CREATES: CreateVolumeSpec[] = [
   { name: "new-q", format: "qcow2", capacityBytes: 2 * MiB },
   { name: "new-q-meta", format: "qcow2", capacityBytes: 2 * MiB, preallocation: "metadata" },
   { name: "new-q-full", format: "qcow2", capacityBytes: 2 * MiB, preallocation: "full" },
+  { name: "new-vmdk", format: "vmdk", capacityBytes: 2 * MiB },
 ];
 
 /** Volumes written before the disk fills: their acknowledged bytes must survive everything. */
@@ -150,6 +151,10 @@ for (const kind of ["tmpfs", "ext4"] as const) {
         client.cloneVolume(KEEP_RAW.name, "copy", { format: "qcow2" }).result,
       );
       await expectOutOfSpace(
+        "full clone to raw",
+        client.cloneVolume(KEEP_Q.name, "copy-raw", { format: "raw" }).result,
+      );
+      await expectOutOfSpace(
         "linked clone",
         client.cloneVolume(KEEP_Q.name, "linked", { mode: "linked" }).result,
       );
@@ -205,20 +210,21 @@ for (const kind of ["tmpfs", "ext4"] as const) {
       await fs.fill();
       await fs.release(3 * MiB);
       const free = await fs.freeBytes();
-      // Each fits (with the reserve) on its own, both together do not: at least one runs out mid-preallocation.
-      const size = Math.floor(((free - MiB) * 0.9) / 4096) * 4096;
-      const racers = ["race-a", "race-b"];
-      const outcomes = await Promise.allSettled(
-        racers.map(
-          (name) =>
-            client.createVolume({ name, format: "raw", capacityBytes: size, preallocation: "full" }).result,
-        ),
-      );
+      // Each fits (with the reserve) on its own, not all together: some run out mid-preallocation
+      // (fallocate on one, written zeros on the others).
+      const size = Math.floor(((free - MiB) * 0.75) / 4096) * 4096;
+      const racers: CreateVolumeSpec[] = [
+        { name: "race-falloc", format: "raw", capacityBytes: size, preallocation: "falloc" },
+        { name: "race-full", format: "raw", capacityBytes: size, preallocation: "full" },
+        { name: "race-q", format: "qcow2", capacityBytes: size, preallocation: "full" },
+      ];
+      const outcomes = await Promise.allSettled(racers.map((spec) => client.createVolume(spec).result));
       const failed = outcomes.filter((o) => o.status === "rejected");
-      expect(failed.length, "both preallocations cannot fit").toBeGreaterThan(0);
+      expect(failed.length, "the preallocations cannot all fit").toBeGreaterThan(0);
       for (const [i, o] of outcomes.entries()) {
-        if (o.status === "fulfilled") expected[racers[i] as string] = "raw";
-        else await expectOutOfSpace(`racing create ${racers[i]}`, Promise.reject(o.reason));
+        const spec = racers[i] as CreateVolumeSpec;
+        if (o.status === "fulfilled") expected[spec.name] = spec.format as Format;
+        else await expectOutOfSpace(`racing create ${spec.name}`, Promise.reject(o.reason));
       }
       await expectNothingHalfMade(client, pool, expected);
 
@@ -236,8 +242,10 @@ for (const kind of ["tmpfs", "ext4"] as const) {
       expectOldOrNew(after, Buffer.alloc(big.data.length), big.data, "keep-q after running out mid-write");
       await expectKeptData();
 
-      for (const name of racers) {
+      for (const { name } of racers) {
         if (expected[name] === undefined) continue;
+        if (expected[name] === "qcow2")
+          expect(await qemuCheck(join(pool, `${name}.qcow2`), "qcow2")).toBe("clean");
         await client.deleteVolume(name);
         delete expected[name];
       }
@@ -269,6 +277,8 @@ for (const kind of ["tmpfs", "ext4"] as const) {
       }
       await client.cloneVolume(KEEP_RAW.name, "copy", { format: "qcow2" }).result;
       expected.copy = "qcow2";
+      await client.cloneVolume(KEEP_Q.name, "copy-raw", { format: "raw" }).result;
+      expected["copy-raw"] = "raw";
       await client.cloneVolume(KEEP_Q.name, "linked", { mode: "linked" }).result;
       expected.linked = "qcow2";
       await client.importFile(qcow2Image, { name: "imported", format: "qcow2" });
@@ -284,6 +294,7 @@ for (const kind of ["tmpfs", "ext4"] as const) {
       const keepQ = await readAll(client, KEEP_Q.name, KEEP_Q.size);
       expect(keepQ.subarray(3 * MiB, 4 * MiB).equals(WRITES[1]?.data ?? Buffer.alloc(0))).toBe(true);
       expect((await readAll(client, "linked", KEEP_Q.size)).equals(keepQ)).toBe(true);
+      expect((await readAll(client, "copy-raw", KEEP_Q.size)).equals(keepQ)).toBe(true);
       const uploaded = Buffer.concat([Buffer.alloc(2 * MiB, 0x5a), Buffer.alloc(2 * MiB)]);
       expect((await readAll(client, "imported", 4 * MiB)).equals(uploaded)).toBe(true);
       expect((await readAll(client, "imported-raw", 4 * MiB)).equals(uploaded)).toBe(true);
