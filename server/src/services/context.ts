@@ -69,9 +69,7 @@ export async function markVolumeIfBroken(
     // After a host write error mid-operation the engine stops writing through that handle (its in-memory
     // metadata may be ahead of the file); the file itself has leaks at most and the next open uses it
     // as it is. So the image is reopened by the next call, and writes work again once space is freed.
-    // An image that overlays read through stays open: they hold it as their backing.
-    if (ctx.catalog.dependantsOf(volume.name).length === 0)
-      await ctx.images.close(volume.uid).catch(() => {});
+    await closeWithOverlays(ctx, volume);
     return;
   }
   if (e.code !== "FSYNC_FAILED" && e.code !== "CORRUPT") return;
@@ -84,6 +82,20 @@ export async function markVolumeIfBroken(
     ctx.catalog.updateVolume(volume.name, { state: "ERROR", errorMessage: message });
   } catch (updateErr) {
     ctx.log.error({ err: updateErr, volume: volume.name }, "could not record the ERROR state");
+  }
+  await ctx.images.close(volume.uid).catch(() => {});
+}
+
+/**
+ * Closes a volume's image and, first, the images of every overlay reading through it (they hold it as
+ * their backing): the next call reopens the whole chain from what is on disk.
+ */
+async function closeWithOverlays(ctx: ServiceContext, volume: VolumeRecord, depth = 0): Promise<void> {
+  if (depth <= 64) {
+    for (const name of ctx.catalog.dependantsOf(volume.name)) {
+      const overlay = ctx.catalog.getVolume(name);
+      if (overlay !== undefined) await closeWithOverlays(ctx, overlay, depth + 1);
+    }
   }
   await ctx.images.close(volume.uid).catch(() => {});
 }

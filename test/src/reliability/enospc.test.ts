@@ -310,6 +310,26 @@ for (const kind of ["tmpfs", "ext4"] as const) {
       await expectNothingHalfMade(client, pool, expected);
     });
 
+    it("a volume that overlays read through also recovers from a failed write once space is freed", async () => {
+      // "linked" is open and holds keep-q's image as its backing.
+      const throughOverlay = await readAll(client, "linked", KEEP_Q.size);
+      const write = { offset: 6 * MiB, data: pattern(MiB, 7) };
+      await fs.fill();
+      const err = await failureOf(
+        client.writeVolume(KEEP_Q.name, [{ offset: write.offset, data: write.data }, { flush: true }]),
+      );
+      expect({ code: err.code, reason: err.reason }).toEqual({
+        code: "resource_exhausted",
+        reason: "HOST_ENOSPC",
+      });
+      await fs.free();
+      await client.writeVolume(KEEP_Q.name, [{ offset: write.offset, data: write.data }, { flush: true }]);
+      write.data.copy(throughOverlay, write.offset);
+      expect((await readAll(client, "linked", KEEP_Q.size)).equals(throughOverlay)).toBe(true);
+      await expectKeptData();
+      expect(await qemuCheck(join(pool, "linked.qcow2"), "qcow2")).toBe("clean");
+    });
+
     it("a restart on the same pool finds the catalog and the pool in agreement", async () => {
       client.close();
       await server.close();
