@@ -480,7 +480,12 @@ export class VolumeService {
         },
       }).job;
     } catch (err) {
-      catalog.deleteVolume(spec.name);
+      try {
+        catalog.deleteVolume(spec.name);
+      } catch (removeErr) {
+        // e.g. the catalog's disk is full: the record stays CREATING, never served, and reconcile removes it.
+        log.error({ err: removeErr, volume: spec.name }, "could not remove the record of a refused creation");
+      }
       throw err;
     }
   }
