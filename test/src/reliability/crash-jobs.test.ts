@@ -23,25 +23,17 @@ afterEach(async () => {
 
 /** Runs main.ts as its own process (so SIGKILL is a real crash) and resolves with its port. */
 function spawnServer(pool: string): Promise<{ child: ChildProcess; client: VdiskClient }> {
-  const child = spawn(
-    process.execPath,
-    ["--import", "tsx", "server/src/main.ts", "--listen", "127.0.0.1:0", "--pool", pool],
-    {
-      cwd: repoRoot,
-      stdio: ["ignore", "pipe", "pipe"],
-    },
-  );
+  const child = spawn(process.execPath, ["--import", "tsx", "server/src/main.ts", "--listen", "127.0.0.1:0", "--pool", pool], {
+    cwd: repoRoot,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   children.push(child);
   return new Promise((resolve, reject) => {
     let out = "";
     child.stdout?.on("data", (d: Buffer) => {
       out += d.toString();
       const port = /"port":(\d+)[^\n]*listening/.exec(out)?.[1];
-      if (port)
-        resolve({
-          child,
-          client: createVdiskClient({ baseUrl: `http://127.0.0.1:${port}`, timeoutMs: 30_000 }),
-        });
+      if (port) resolve({ child, client: createVdiskClient({ baseUrl: `http://127.0.0.1:${port}`, timeoutMs: 30_000 }) });
     });
     child.once("exit", (code) => reject(new Error(`server exited (${code}) before listening:\n${out}`)));
   });
@@ -60,25 +52,18 @@ function pattern(length: number, seed: number): Uint8Array {
 }
 
 async function fillVolume(client: VdiskClient, name: string, mib: number, seed: number): Promise<void> {
-  const pieces = Array.from({ length: mib }, (_, i) => ({
-    offset: i * 2 * MiB,
-    data: pattern(MiB, seed + i),
-  }));
+  const pieces = Array.from({ length: mib }, (_, i) => ({ offset: i * 2 * MiB, data: pattern(MiB, seed + i) }));
   await client.writeVolume(name, [...pieces, { flush: true }]);
 }
 
 async function readAll(client: VdiskClient, name: string, size: number): Promise<Buffer> {
   const out = Buffer.alloc(size);
-  for await (const piece of client.readVolume(name, { sparse: true }))
-    if ("data" in piece) out.set(piece.data, piece.offset);
+  for await (const piece of client.readVolume(name, { sparse: true })) if ("data" in piece) out.set(piece.data, piece.offset);
   return out;
 }
 
 /** Follows a job handle until work has started, then kills the server under it. Returns the job id. */
-async function killMidJob(
-  child: ChildProcess,
-  handle: AsyncIterable<{ doneBytes: number; state: string }> & { jobId: Promise<string> },
-) {
+async function killMidJob(child: ChildProcess, handle: AsyncIterable<{ doneBytes: number; state: string }> & { jobId: Promise<string> }) {
   const id = await handle.jobId;
   let seen = { doneBytes: 0, state: "queued" };
   try {
@@ -98,13 +83,7 @@ async function expectCleanPool(pool: string, client: VdiskClient): Promise<void>
   for await (const volume of client.listVolumes()) {
     expect(volume.state).toBe("ready");
     if (volume.format === "raw") continue;
-    await run("qemu-img", [
-      "check",
-      "-U",
-      "-f",
-      volume.format,
-      join(pool, `${volume.name}.${volume.format}`),
-    ]);
+    await run("qemu-img", ["check", "-U", "-f", volume.format, join(pool, `${volume.name}.${volume.format}`)]);
   }
 }
 
@@ -115,10 +94,7 @@ describe("kill -9 during long jobs", () => {
     const first = await spawnServer(pool);
     await first.client.createVolume({ name: "src", format: "raw", capacityBytes: 1024 * MiB }).result;
     await fillVolume(first.client, "src", 192, 1);
-    const { id: jobId, seen } = await killMidJob(
-      first.child,
-      first.client.cloneVolume("src", "copy", { format: "qcow2" }) as never,
-    );
+    const { id: jobId, seen } = await killMidJob(first.child, first.client.cloneVolume("src", "copy", { format: "qcow2" }) as never);
     // The kill landed while the copy was under way (not before it started, not after it ended).
     expect(seen).toMatchObject({ state: "running" });
     expect(seen.doneBytes).toBeGreaterThan(0);
@@ -143,12 +119,7 @@ describe("kill -9 during long jobs", () => {
     const first = await spawnServer(pool);
     await first.client.createVolume({ name: "base", format: "qcow2", capacityBytes: size }).result;
     await fillVolume(first.client, "base", 128, 7);
-    await first.client.createVolume({
-      name: "top",
-      format: "qcow2",
-      capacityBytes: size,
-      backingVolume: "base",
-    }).result;
+    await first.client.createVolume({ name: "top", format: "qcow2", capacityBytes: size, backingVolume: "base" }).result;
     await first.client.writeVolume("top", [{ offset: 3 * MiB, data: pattern(MiB, 99) }, { flush: true }]);
     const before = await readAll(first.client, "top", size);
     const { id: jobId, seen } = await killMidJob(first.child, first.client.flattenVolume("top") as never);
