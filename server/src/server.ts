@@ -105,6 +105,8 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
     store: catalog,
     locks,
     maxRunning: config.maxJobs,
+    onPersistError: (err, job) =>
+      log.error({ err, job: job.id, kind: job.kind, state: job.state }, "could not record a job's progress"),
     onJobEnd: (job) =>
       log.info(
         { job: job.id, kind: job.kind, volume: job.volume, state: job.state, reason: job.error?.reason },

@@ -176,7 +176,7 @@ export class SqliteCatalog implements Catalog {
           v.errorMessage ?? null,
         );
     } catch (err) {
-      throw uniqueViolation(err, `volume "${v.name}" already exists`, "VOLUME_EXISTS");
+      throw uniqueViolation(storageFull(err), `volume "${v.name}" already exists`, "VOLUME_EXISTS");
     }
   }
 
@@ -216,14 +216,16 @@ export class SqliteCatalog implements Catalog {
     if (patch.errorMessage !== undefined) assign("error_message", patch.errorMessage);
     if (patch.backingVolume !== undefined) assign("backing_volume", patch.backingVolume);
     params.push(name);
-    const result = this.db.prepare(`UPDATE volumes SET ${sets.join(", ")} WHERE name = ?`).run(...params);
+    const result = this.write(() =>
+      this.db.prepare(`UPDATE volumes SET ${sets.join(", ")} WHERE name = ?`).run(...params),
+    );
     if (result.changes === 0)
       throw new EngineError("NOT_FOUND", `volume "${name}" not found`, { reason: "VOLUME_NOT_FOUND" });
     return this.getVolume(name) as VolumeRecord;
   }
 
   deleteVolume(name: string): boolean {
-    return this.db.prepare("DELETE FROM volumes WHERE name = ?").run(name).changes > 0;
+    return this.write(() => this.db.prepare("DELETE FROM volumes WHERE name = ?").run(name)).changes > 0;
   }
 
   dependantsOf(name: string): string[] {
@@ -268,7 +270,7 @@ export class SqliteCatalog implements Catalog {
         );
     } catch (err) {
       throw uniqueViolation(
-        err,
+        storageFull(err),
         `request id of job "${j.id}" is already used by another job`,
         "REQUEST_ID_REUSED",
       );
@@ -319,12 +321,39 @@ export class SqliteCatalog implements Catalog {
   }
 
   transaction<T>(fn: () => T): T {
-    return this.db.transaction(fn)();
+    return this.write(() => this.db.transaction(fn)());
+  }
+
+  /** Runs a statement that writes, so a full disk surfaces as NO_SPACE rather than an unclassified error. */
+  private write<T>(fn: () => T): T {
+    try {
+      return fn();
+    } catch (err) {
+      throw storageFull(err);
+    }
   }
 
   close(): void {
     if (this.db.open) this.db.close();
   }
+}
+
+/**
+ * SQLITE_FULL: the WAL (or the database file) could not grow because the pool's filesystem is full.
+ * SQLite rolls the statement back, so the catalog is unchanged; the caller's operation simply did not
+ * happen, which is what RESOURCE_EXHAUSTED tells the client.
+ */
+function storageFull(err: unknown): unknown {
+  const code = (err as { code?: unknown }).code;
+  const text = err instanceof Error ? err.message : "";
+  if (code === "SQLITE_FULL" || /database or disk is full/.test(text)) {
+    return new EngineError("NO_SPACE", "the pool's filesystem is full: the catalog could not be updated", {
+      reason: "HOST_ENOSPC",
+      metadata: { where: "catalog" },
+      cause: err,
+    });
+  }
+  return err;
 }
 
 function uniqueViolation(err: unknown, message: string, reason: string): unknown {

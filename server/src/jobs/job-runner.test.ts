@@ -170,4 +170,56 @@ describe("JobRunner", () => {
       runner.submit({ kind: "CHECK_VOLUME", volume: "x", locks: [], run: steppingJob(1, 1) }),
     ).toThrowError(expect.objectContaining({ reason: "DRAINING" }));
   });
+
+  describe("when the store can't record snapshots (the catalog's disk is full)", () => {
+    /** The real in-memory store, failing the way the SQLite catalog does on a full disk while `full` is set. */
+    class FullableStore extends MemoryJobStore {
+      full = false;
+      override saveJob(job: JobSnapshot): void {
+        if (this.full) throw new EngineError("NO_SPACE", "disk full", { reason: "HOST_ENOSPC" });
+        super.saveJob(job);
+      }
+    }
+
+    it("refuses a job it can't record, and the job holds no lock", async () => {
+      const store = new FullableStore();
+      const runner = new JobRunner({ store, locks: new VolumeLocks(), watchIntervalMs: 20 });
+      const locks = [{ volume: "v", mode: "exclusive" as const }];
+      store.full = true;
+      expect(() =>
+        runner.submit({ kind: "CREATE_VOLUME", volume: "v", locks, run: steppingJob(1, 1) }),
+      ).toThrowError(expect.objectContaining({ code: "NO_SPACE" }));
+      expect(runner.liveJobs()).toEqual([]);
+      store.full = false;
+      const { job } = runner.submit({ kind: "CREATE_VOLUME", volume: "v", locks, run: steppingJob(1, 1) });
+      expect((await collect(runner.watch(job.id))).at(-1)?.state).toBe("SUCCEEDED");
+    });
+
+    it("still ends the job for its watchers and releases its locks, reporting what it could not store", async () => {
+      const store = new FullableStore();
+      const unsaved: string[] = [];
+      const runner = new JobRunner({
+        store,
+        locks: new VolumeLocks(),
+        watchIntervalMs: 20,
+        onPersistError: (_err, job) => unsaved.push(job.state),
+      });
+      const locks = [{ volume: "v", mode: "exclusive" as const }];
+      const { job } = runner.submit({
+        kind: "CREATE_VOLUME",
+        volume: "v",
+        locks,
+        run: async () => {
+          store.full = true;
+          throw new EngineError("NO_SPACE", "host I/O error: ENOSPC", { reason: "HOST_ENOSPC" });
+        },
+      });
+      const last = (await collect(runner.watch(job.id))).at(-1);
+      expect(last).toMatchObject({ state: "FAILED", error: { code: "NO_SPACE", reason: "HOST_ENOSPC" } });
+      expect(unsaved).toContain("FAILED");
+      store.full = false;
+      const next = runner.submit({ kind: "CREATE_VOLUME", volume: "v", locks, run: steppingJob(1, 1) });
+      expect((await collect(runner.watch(next.job.id))).at(-1)?.state).toBe("SUCCEEDED");
+    });
+  });
 });

@@ -37,6 +37,8 @@ export interface JobRunnerOptions {
   /** Minimum gap between progress writes to the store. */
   persistIntervalMs?: number;
   onJobEnd?: (job: JobSnapshot) => void;
+  /** A snapshot could not be stored (e.g. the catalog's disk is full); the job itself carries on. */
+  onPersistError?: (err: unknown, job: JobSnapshot) => void;
 }
 
 interface LiveJob {
@@ -80,7 +82,8 @@ class RateMeter {
  * Snapshots are immutable and coalesced for watchers, so a slow watcher never queues stale progress.
  */
 export class JobRunner {
-  readonly #opts: Required<Omit<JobRunnerOptions, "onJobEnd">> & Pick<JobRunnerOptions, "onJobEnd">;
+  readonly #opts: Required<Omit<JobRunnerOptions, "onJobEnd" | "onPersistError">> &
+    Pick<JobRunnerOptions, "onJobEnd" | "onPersistError">;
   readonly #live = new Map<string, LiveJob>();
   readonly #queue: LiveJob[] = [];
   #running = 0;
@@ -151,8 +154,14 @@ export class JobRunner {
       rate: new RateMeter(),
       settled: Promise.resolve(),
     };
+    try {
+      // Saved before it is registered: a job the catalog could not record (e.g. a full disk) never ran.
+      this.#opts.store.saveJob(live.snapshot);
+    } catch (err) {
+      for (const release of releaseLocks) release();
+      throw err;
+    }
     this.#live.set(id, live);
-    this.#opts.store.saveJob(live.snapshot);
     live.settled = started.then(() => this.#execute(live, spec));
     this.#queue.push(live);
     this.#pump();
@@ -365,7 +374,13 @@ export class JobRunner {
     const now = Date.now();
     if (persistNow || now - live.lastPersist >= this.#opts.persistIntervalMs) {
       live.lastPersist = now;
-      this.#opts.store.saveJob(live.snapshot);
+      try {
+        this.#opts.store.saveJob(live.snapshot);
+      } catch (err) {
+        // The in-memory snapshot stays authoritative for watchers (they must still see the job end); the
+        // stored row lags behind, and a RUNNING row left behind is failed by reconcile at the next start.
+        this.#opts.onPersistError?.(err, live.snapshot);
+      }
     }
     for (const listener of live.listeners) listener();
   }

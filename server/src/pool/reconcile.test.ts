@@ -1,6 +1,7 @@
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { EngineError } from "@vdisk/engine";
 import { pino } from "pino";
 import { afterEach, describe, expect, it } from "vitest";
 import { SqliteCatalog } from "../catalog/sqlite-catalog.js";
@@ -80,7 +81,8 @@ describe("reconcile", () => {
     expect(report.resizesRolledBack.sort()).toEqual(["grown", "shrunk"]);
     expect(fs.statSync(pool.volumePath("grown", "raw")).size).toBe(4096);
     expect(catalog.getVolume("shrunk")?.capacity).toBe(4096);
-    expect(report.removedTempFiles).toBe(1);
+    // junk.tmp and the interrupted creation's temp file.
+    expect(report.removedTempFiles).toBe(2);
     expect(report.unknownFiles).toEqual(["operator.img"]);
 
     expect(catalog.listVolumes({ limit: 10 }).map((v) => v.name)).toEqual(["grown", "ready", "shrunk"]);
@@ -100,6 +102,67 @@ describe("reconcile", () => {
     expect(createJob?.endTime).toBeInstanceOf(Date);
     expect(catalog.getJob("j-check")?.state).toBe("FAILED");
     expect(catalog.getJob("j-done")?.state).toBe("SUCCEEDED");
+    catalog.close();
+  });
+});
+
+describe("reconcile on a pool left full", () => {
+  /** The real catalog, failing its writes with NO_SPACE (as SQLITE_FULL maps) while `isFull()` says so. */
+  function fullWhile(catalog: SqliteCatalog, isFull: () => boolean): SqliteCatalog {
+    const writes = new Set(["insertVolume", "updateVolume", "deleteVolume", "saveJob"]);
+    return new Proxy(catalog, {
+      get(target, prop, receiver) {
+        const value: unknown = Reflect.get(target, prop, receiver);
+        if (typeof value !== "function") return value;
+        return (...args: unknown[]) => {
+          if (writes.has(String(prop)) && isFull())
+            throw new EngineError("NO_SPACE", "disk full", { reason: "HOST_ENOSPC" });
+          return value.apply(target, args);
+        };
+      },
+    });
+  }
+
+  async function leftFull() {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), "vdisk-pool-"));
+    dirs.push(root);
+    const pool = new Pool(root);
+    await pool.init();
+    const catalog = SqliteCatalog.open(pool.catalogPath);
+    catalog.insertVolume(volumeRecord("ready", { uid: "1" }));
+    fs.writeFileSync(pool.volumePath("ready", "raw"), "data");
+    catalog.insertVolume(volumeRecord("half", { uid: "2", state: "CREATING" }));
+    fs.writeFileSync(pool.tempPath("half", "raw"), "partial");
+    fs.writeFileSync(path.join(pool.tmpDir, "upload~staging.raw.tmp"), "staged upload");
+    catalog.saveJob(jobRecord("j-create", { volume: "half", state: "RUNNING" }));
+    return { pool, catalog };
+  }
+
+  it("removes the debris before writing the catalog, so the space it held is what the catalog uses", async () => {
+    const { pool, catalog } = await leftFull();
+    const full = fullWhile(catalog, () => fs.readdirSync(pool.tmpDir).length > 0);
+    const report = await reconcile(full, pool, pino({ level: "silent" }));
+    expect(report).toMatchObject({
+      removedCreating: ["half"],
+      failedJobs: ["j-create"],
+      removedTempFiles: 2,
+    });
+    expect(catalog.getJob("j-create")?.state).toBe("FAILED");
+    expect(catalog.listVolumes({ limit: 10 }).map((v) => v.name)).toEqual(["ready"]);
+    catalog.close();
+  });
+
+  it("still lets the server start when nothing frees room; the next start finishes the job", async () => {
+    const { pool, catalog } = await leftFull();
+    const report = await reconcile(
+      fullWhile(catalog, () => true),
+      pool,
+      pino({ level: "silent" }),
+    );
+    expect(report).toMatchObject({ removedCreating: [], failedJobs: [], removedTempFiles: 2 });
+    expect(fs.readdirSync(pool.tmpDir)).toEqual([]);
+    const again = await reconcile(catalog, pool, pino({ level: "silent" }));
+    expect(again).toMatchObject({ removedCreating: ["half"], failedJobs: ["j-create"] });
     catalog.close();
   });
 });

@@ -1,5 +1,6 @@
 import fs from "node:fs/promises";
 import path from "node:path";
+import { EngineError } from "@vdisk/engine";
 import type { Catalog } from "../catalog/catalog.js";
 import type { Logger } from "../log.js";
 import type { Pool } from "./pool.js";
@@ -36,20 +37,39 @@ export async function reconcile(catalog: Catalog, pool: Pool, log: Logger): Prom
   };
   const now = new Date();
 
-  // BUSY maps to ABORTED: the work was not done and retrying the request is the right answer.
   const interrupted = catalog.listJobs({ states: ["QUEUED", "RUNNING"], limit: 1_000_000 });
+
+  // Debris goes first: on a pool that filled up before the restart, removing it is what gives the
+  // catalog room for the writes below. Everything under the temp directory is debris at start (half-made
+  // volumes, import staging), so it goes before any catalog write.
+  for (const temp of await pool.listTemp()) {
+    await pool.removeFile(temp);
+    report.removedTempFiles++;
+  }
+  for (const volume of allVolumes(catalog)) {
+    if (volume.state !== "CREATING" && volume.state !== "DELETING") continue;
+    // Whether or not the rename happened before the crash, a file under this name was made by this attempt.
+    await pool.removeFile(pool.volumePath(volume.name, volume.format));
+    if (!ifRoom(log, { volume: volume.name }, () => catalog.deleteVolume(volume.name))) continue;
+    (volume.state === "CREATING" ? report.removedCreating : report.finishedDeleting).push(volume.name);
+  }
+
+  // BUSY maps to ABORTED: the work was not done and retrying the request is the right answer.
   for (const job of interrupted) {
     const message =
       job.kind === "CREATE_VOLUME"
         ? "server restarted during creation"
         : "server restarted while the job was running";
-    catalog.saveJob({
-      ...job,
-      state: "FAILED",
-      endTime: now,
-      progress: { ...job.progress, bytesPerSecond: 0, etaSeconds: 0, phase: "failed" },
-      error: { code: "BUSY", message, reason: "SERVER_RESTARTED", metadata: {} },
-    });
+    const recorded = ifRoom(log, { job: job.id }, () =>
+      catalog.saveJob({
+        ...job,
+        state: "FAILED",
+        endTime: now,
+        progress: { ...job.progress, bytesPerSecond: 0, etaSeconds: 0, phase: "failed" },
+        error: { code: "BUSY", message, reason: "SERVER_RESTARTED", metadata: {} },
+      }),
+    );
+    if (!recorded) continue;
     report.failedJobs.push(job.id);
   }
 
@@ -66,20 +86,6 @@ export async function reconcile(catalog: Catalog, pool: Pool, log: Logger): Prom
     if (size > volume.capacity) await pool.truncateFile(file, volume.capacity);
     else catalog.updateVolume(volume.name, { capacity: size });
     report.resizesRolledBack.push(volume.name);
-  }
-
-  for (const volume of allVolumes(catalog)) {
-    if (volume.state !== "CREATING" && volume.state !== "DELETING") continue;
-    // Whether or not the rename happened before the crash, a file under this name was made by this attempt.
-    await pool.removeFile(pool.volumePath(volume.name, volume.format));
-    for (const temp of await pool.tempFilesOf(volume.name)) await pool.removeFile(temp);
-    catalog.deleteVolume(volume.name);
-    (volume.state === "CREATING" ? report.removedCreating : report.finishedDeleting).push(volume.name);
-  }
-
-  for (const temp of await pool.listTemp()) {
-    await pool.removeFile(temp);
-    report.removedTempFiles++;
   }
 
   const known = new Set(allVolumes(catalog).map((v) => pool.fileName(v.name, v.format)));
@@ -102,6 +108,22 @@ export async function reconcile(catalog: Catalog, pool: Pool, log: Logger): Prom
     );
   }
   return report;
+}
+
+/**
+ * Runs a catalog write; on a full disk logs and returns false instead of throwing. A full pool must not
+ * keep the server from starting (the operator needs it to delete volumes); what could not be recorded is
+ * still stale in the catalog, and the next start with room finishes it.
+ */
+function ifRoom(log: Logger, subject: Record<string, string>, write: () => unknown): boolean {
+  try {
+    write();
+    return true;
+  } catch (err) {
+    if (EngineError.from(err).code !== "NO_SPACE") throw err;
+    log.error(subject, "pool full: reconcile could not update the catalog; the next start will");
+    return false;
+  }
 }
 
 function* allVolumesGen(catalog: Catalog): Generator<ReturnType<Catalog["listVolumes"]>[number]> {

@@ -77,9 +77,9 @@ export async function markVolumeIfBroken(
     if (isHostWriteFailure(e)) {
       ctx.log.warn(
         { volume: volume.name, code: e.code, reason: e.reason },
-        "host I/O error; reopening the image",
+        "host I/O error; reopening the image and its overlays",
       );
-      await ctx.images.close(volume.uid).catch(() => {});
+      await closeWithOverlays(ctx, volume);
     }
     return;
   }
@@ -103,6 +103,20 @@ function isHostWriteFailure(e: EngineError): boolean {
     (e.code === "IO" || e.code === "NO_SPACE") &&
     (e.reason.startsWith("HOST_") || e.reason === "QCOW2_WRITE_FAILED")
   );
+}
+
+/**
+ * Closes a volume's image and, first, the images of every overlay reading through it (they hold it as
+ * their backing): the next call reopens the whole chain from what is on disk.
+ */
+async function closeWithOverlays(ctx: ServiceContext, volume: VolumeRecord, depth = 0): Promise<void> {
+  if (depth <= 64) {
+    for (const name of ctx.catalog.dependantsOf(volume.name)) {
+      const overlay = ctx.catalog.getVolume(name);
+      if (overlay !== undefined) await closeWithOverlays(ctx, overlay, depth + 1);
+    }
+  }
+  await ctx.images.close(volume.uid).catch(() => {});
 }
 
 /** Data streams and range calls allowed at once, per volume and in total (DESIGN §4 admission). */

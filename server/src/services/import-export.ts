@@ -23,6 +23,7 @@ import type {
   ImportVolumeResponse,
 } from "../gen/vdisk/v1/volume.js";
 import { validateVolumeName } from "../pool/names.js";
+import { requireSpace } from "../pool/space.js";
 import type { CallContext } from "../rpc/adapt.js";
 import { formatFromWire, formatToWire, toBigint, toNumber } from "../rpc/convert.js";
 import { requireReadyVolume, type ServiceContext, useVolume } from "./context.js";
@@ -140,6 +141,8 @@ export async function importVolume(
   }
 
   const { pool, catalog, log } = ctx;
+  // Only the reserve is checked: uploads land sparse, so their size says little about the space they take.
+  await requireSpace(pool.root, 0, "the import");
   const temps: string[] = [];
   let record: VolumeRecord | undefined;
   try {

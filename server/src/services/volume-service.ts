@@ -1,4 +1,5 @@
 import { createHash, randomUUID } from "node:crypto";
+import fs from "node:fs/promises";
 import type { Server } from "@grpc/grpc-js";
 import {
   type BackingLink,
@@ -31,6 +32,7 @@ import {
 import { Qcow2Compat, VmdkSubformat } from "../gen/vdisk/v1/volume_types.js";
 import type { JobContext } from "../jobs/job-runner.js";
 import { validateVolumeName } from "../pool/names.js";
+import { newImageBytes, requireSpace } from "../pool/space.js";
 import { type CallContext, clientStream, failingStream, serverStream, unary } from "../rpc/adapt.js";
 import { formatFromWire, formatToWire, preallocFromWire, toNumber } from "../rpc/convert.js";
 import { unimplemented } from "../rpc/errors.js";
@@ -105,6 +107,12 @@ export class VolumeService {
     const requestId = req.requestId === "" ? undefined : req.requestId;
     const { catalog, jobs } = this.ctx;
 
+    // Admission only for what would be new work: a retry of a creation that exists must still get its answer.
+    const known =
+      catalog.getVolume(spec.name) !== undefined ||
+      (requestId !== undefined && jobs.get(requestId, true) !== undefined);
+    if (!known) await this.admitCreate(spec, kind);
+
     let job: JobRecord | undefined;
     if (requestId !== undefined) {
       const previous = jobs.get(requestId, true);
@@ -154,6 +162,37 @@ export class VolumeService {
     }
     for await (const snapshot of jobs.watch(jobId, call.signal))
       yield await jobEvent(this.ctx, snapshot, call.signal);
+  }
+
+  /** Refuses a creation or clone up front when the pool can't hold it (see pool/space.ts). */
+  private async admitCreate(spec: CreateSpec, kind: "CREATE_VOLUME" | "CLONE_VOLUME"): Promise<void> {
+    const { catalog, pool } = this.ctx;
+    const created = newImageBytes({
+      format: spec.format,
+      capacity: spec.capacity,
+      clusterSize: spec.clusterSize,
+      prealloc: spec.preallocation,
+      allocationBytes: spec.allocationBytes,
+    });
+    let needed = created;
+    const source = spec.cloneSource === undefined ? undefined : catalog.getVolume(spec.cloneSource);
+    if (source !== undefined) {
+      // A full copy holds what the source chain holds; host bytes of its files bound that from above.
+      let sourceBytes = 0;
+      for (const v of [source, ...backingChain(this.ctx, source)]) {
+        const st = await fs.stat(pool.volumePath(v.name, v.format)).catch(() => undefined);
+        sourceBytes += st === undefined ? 0 : st.blocks * 512;
+      }
+      const thin = newImageBytes({
+        format: spec.format,
+        capacity: spec.capacity,
+        clusterSize: spec.clusterSize,
+        prealloc: "off",
+        allocationBytes: undefined,
+      });
+      needed = Math.max(needed, thin + sourceBytes);
+    }
+    await requireSpace(pool.root, needed, kind === "CREATE_VOLUME" ? "the new volume" : "the clone");
   }
 
   private validateCreate(req: CreateVolumeRequest): CreateSpec {
@@ -445,7 +484,12 @@ export class VolumeService {
         },
       }).job;
     } catch (err) {
-      catalog.deleteVolume(spec.name);
+      try {
+        catalog.deleteVolume(spec.name);
+      } catch (removeErr) {
+        // e.g. the catalog's disk is full: the record stays CREATING, never served, and reconcile removes it.
+        log.error({ err: removeErr, volume: spec.name }, "could not remove the record of a refused creation");
+      }
       throw err;
     }
   }
@@ -719,7 +763,15 @@ export class VolumeService {
     // Exclusive for the duration: fails with VOLUME_BUSY while a job or a data stream holds the volume.
     const release = locks.acquire(volume.name, "exclusive", `delete-${randomUUID()}`);
     try {
-      catalog.updateVolume(volume.name, { state: "DELETING" });
+      try {
+        catalog.updateVolume(volume.name, { state: "DELETING" });
+      } catch (err) {
+        // A full pool is when deleting matters most, and the catalog needs a little space to record it:
+        // remove the file first, which frees that space. A crash in between leaves a READY record without
+        // a file; the client did not get OK, and its retried delete finishes the job.
+        if (EngineError.from(err).code !== "NO_SPACE") throw err;
+        log.warn({ volume: volume.name }, "pool full: deleting the volume's file before its record");
+      }
       await images.close(volume.uid);
       await pool.removeFile(pool.volumePath(volume.name, volume.format));
       catalog.deleteVolume(volume.name);
