@@ -105,6 +105,17 @@ describe("copyImage", () => {
     expect(written.every((offset) => offset < 8 * MiB)).toBe(true);
   });
 
+  it("fails (rather than crashing the process) when the progress callback throws", async () => {
+    const src = await newRaw(16 * MiB);
+    await writeAt(src, 0, new Uint8Array(16 * MiB).fill(9));
+    const copying = copyImage(src, await newRaw(16 * MiB), {
+      onProgress: (done) => {
+        if (done > 0) throw new Error("observer failed");
+      },
+    });
+    await expect(copying).rejects.toMatchObject({ message: "observer failed" });
+  });
+
   it("refuses a target smaller than the source", async () => {
     await expect(copyImage(await newRaw(2 * MiB), await newRaw(MiB))).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
   });

@@ -88,7 +88,13 @@ export async function runOrderedPipeline<T>(
     running.add(task);
     void task.finally(() => {
       running.delete(task);
-      if (failure === undefined) reportProgress();
+      if (failure !== undefined) return;
+      // A throwing progress callback fails the pipeline like any other error, never as an unhandled rejection.
+      try {
+        reportProgress();
+      } catch (error) {
+        failure = { error };
+      }
     });
   };
 
