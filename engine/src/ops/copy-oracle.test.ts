@@ -1,16 +1,15 @@
-import { closeSync, ftruncateSync, mkdirSync, openSync, rmSync, writeSync } from "node:fs";
+import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { BlockImage } from "../block-image.js";
-import type { FormatName } from "../types.js";
+import { qemuOk, requireQemu } from "../formats/qcow2/oracle-support.js";
 import { driverFor } from "../formats/registry.js";
-import { qemuOk, requireQemu, rng } from "../formats/qcow2/oracle-support.js";
 import { openHostFile } from "../host/node-file.js";
+import type { FormatName } from "../types.js";
 import { copyImage } from "./copy.js";
+import { dataRanges, qemuMap, RUNS, SOURCE_SIZE, writeRawSource } from "./oracle-fixtures.js";
 
-const KiB = 1024;
-const MiB = 1024 * KiB;
-const SIZE = 64 * MiB;
+const SIZE = SOURCE_SIZE;
 const dir = join("/tmp", `vdisk-copy-oracle-${process.pid}`);
 
 beforeAll(() => {
@@ -18,66 +17,6 @@ beforeAll(() => {
   mkdirSync(dir, { recursive: true });
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-/**
- * Data runs (cluster-aligned, so every format represents them exactly) chosen to stress the pipeline:
- * runs straddling 2 MiB chunk boundaries, a long dense run of many chunks, single clusters, and runs
- * separated by holes shorter than a chunk — so many chunks of different sizes are in flight together.
- */
-const RUNS: Array<[number, number]> = [
-  [0, 64 * KiB],
-  [192 * KiB, 1 * MiB],
-  [2 * MiB - 128 * KiB, 384 * KiB],
-  [3 * MiB, 64 * KiB],
-  [3 * MiB + 192 * KiB, 64 * KiB],
-  [5 * MiB + 64 * KiB, 13 * MiB + 192 * KiB],
-  [20 * MiB, 1 * MiB],
-  [22 * MiB, 1 * MiB],
-  [24 * MiB - 64 * KiB, 4 * MiB + 128 * KiB],
-  [40 * MiB, 64 * KiB],
-  [SIZE - 1 * MiB - 64 * KiB, 1 * MiB + 64 * KiB],
-];
-
-function writeRawSource(path: string): void {
-  const rand = rng(8);
-  const fd = openSync(path, "w");
-  try {
-    ftruncateSync(fd, SIZE);
-    for (const [offset, length] of RUNS) {
-      const data = Buffer.alloc(length);
-      for (let k = 0; k < length; k += 4) data.writeUInt32LE((rand() * 0x1_0000_0000) >>> 0, k);
-      // Non-zero at the edges too, so zero detection keeps every cluster of the run.
-      data[0] = 1;
-      data[length - 1] = 1;
-      writeSync(fd, data, 0, length, offset);
-    }
-  } finally {
-    closeSync(fd);
-  }
-}
-
-interface MapEntry {
-  start: number;
-  length: number;
-  data: boolean;
-  offset?: number;
-}
-
-function qemuMap(path: string, format: FormatName): MapEntry[] {
-  return JSON.parse(qemuOk("qemu-img", ["map", "--output=json", "-f", format, path])) as MapEntry[];
-}
-
-/** Merged [start, length] of the guest ranges holding data. */
-function dataRanges(entries: MapEntry[]): Array<[number, number]> {
-  const out: Array<[number, number]> = [];
-  for (const e of entries) {
-    if (!e.data) continue;
-    const last = out[out.length - 1];
-    if (last !== undefined && last[0] + last[1] === e.start) last[1] += e.length;
-    else out.push([e.start, e.length]);
-  }
-  return out;
-}
 
 async function open(path: string, format: FormatName, readOnly: boolean): Promise<BlockImage> {
   return driverFor(format).open(await openHostFile(path, { readOnly }), { readOnly });

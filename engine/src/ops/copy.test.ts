@@ -1,9 +1,9 @@
 import { describe, expect, it } from "vitest";
 import { mapExtents } from "../core/allocation-map.js";
 import { readAt, writeAt } from "../core/io.js";
+import { EngineError } from "../errors.js";
 import { rawDriver } from "../formats/raw/index.js";
 import { createMemoryFile } from "../host/memory-file.js";
-import { EngineError } from "../errors.js";
 import { copyImage } from "./copy.js";
 
 const MiB = 1 << 20;
@@ -117,6 +117,8 @@ describe("copyImage", () => {
   });
 
   it("refuses a target smaller than the source", async () => {
-    await expect(copyImage(await newRaw(2 * MiB), await newRaw(MiB))).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+    await expect(copyImage(await newRaw(2 * MiB), await newRaw(MiB))).rejects.toMatchObject({
+      code: "INVALID_ARGUMENT",
+    });
   });
 });

@@ -60,10 +60,16 @@ interface ReadChunk {
  * writes are issued in guest order (a qcow2 target lays its clusters out sequentially). Progress
  * reports the fully copied prefix, so it is monotonic even though chunks finish out of order.
  */
-export async function copyImage(src: BlockImage, dst: BlockImage, opts: CopyOptions = {}): Promise<CopyResult> {
+export async function copyImage(
+  src: BlockImage,
+  dst: BlockImage,
+  opts: CopyOptions = {},
+): Promise<CopyResult> {
   const { signal } = opts;
   if (dst.virtualSize < src.virtualSize) {
-    throw new EngineError("INVALID_ARGUMENT", "target is smaller than the source", { reason: "TARGET_TOO_SMALL" });
+    throw new EngineError("INVALID_ARGUMENT", "target is smaller than the source", {
+      reason: "TARGET_TOO_SMALL",
+    });
   }
   const granularity = Math.max(opts.zeroGranularity ?? 64 * 1024, dst.limits.zeroAlignment);
   const total = src.virtualSize;
@@ -84,7 +90,9 @@ export async function copyImage(src: BlockImage, dst: BlockImage, opts: CopyOpti
   const writeChunk = async (chunk: ReadChunk): Promise<void> => {
     try {
       const writes = chunk.dataRuns.map((run) =>
-        writeAt(dst, chunk.offset + run.start, chunk.bytes.subarray(run.start, run.start + run.length), { signal }),
+        writeAt(dst, chunk.offset + run.start, chunk.bytes.subarray(run.start, run.start + run.length), {
+          signal,
+        }),
       );
       await Promise.all(writes);
       for (const run of chunk.dataRuns) writtenBytes += run.length;

@@ -48,7 +48,10 @@ export async function runOrderedPipeline<T>(
 
   const reportProgress = (): void => {
     let upTo = reported;
-    while (order.length > 0 && order[0].finished) upTo = order.shift()!.end;
+    for (let head = order[0]; head?.finished === true; head = order[0]) {
+      upTo = head.end;
+      order.shift();
+    }
     if (upTo > reported) {
       reported = upTo;
       opts.onDone?.(upTo);
