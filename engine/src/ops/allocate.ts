@@ -3,6 +3,7 @@ import { blockStatusAbove } from "../core/block-status-above.js";
 import { readAt, writeAt, writeZeroesAt } from "../core/io.js";
 import { EngineError, throwIfAborted } from "../errors.js";
 import type { ProgressFn } from "../types.js";
+import { type PipelineStep, runOrderedPipeline } from "./ordered-pipeline.js";
 
 /**
  * The Allocate operation: make a range of the top layer independent of (part of) its backing chain
@@ -30,8 +31,12 @@ export interface AllocateResult {
   unchangedBytes: number;
 }
 
-/** Largest piece read and written at once when copying up. */
-const COPY_CHUNK = 4 << 20;
+/** Largest piece read and written at once when copying up (aligned in guest offsets, as in copyImage). */
+const COPY_CHUNK = 2 << 20;
+/** Chunks in flight: reads of later chunks overlap writes of earlier ones. */
+const IN_FLIGHT = 8;
+/** What a zeroing step "reads": it needs no data, only its place in the write order. */
+const NOTHING_READ = new Uint8Array(0);
 
 export async function allocateRange(top: BlockImage, opts: AllocateOptions): Promise<AllocateResult> {
   const { mode, base, signal } = opts;
@@ -41,59 +46,78 @@ export async function allocateRange(top: BlockImage, opts: AllocateOptions): Pro
   const start = Math.floor(opts.offset / alignment) * alignment;
   const end = Math.min(top.virtualSize, Math.ceil((opts.offset + opts.length) / alignment) * alignment);
   if (opts.offset < 0 || opts.length < 0 || opts.offset + opts.length > top.virtualSize) {
-    throw new EngineError("OUT_OF_RANGE", "range lies past the end of the volume", { reason: "RANGE_PAST_END" });
+    throw new EngineError("OUT_OF_RANGE", "range lies past the end of the volume", {
+      reason: "RANGE_PAST_END",
+    });
   }
   const total = end - start;
   const result: AllocateResult = { copiedBytes: 0, zeroedBytes: 0, unchangedBytes: 0 };
-  let pos = start;
-  opts.onProgress?.(0, total, "allocating");
-  while (pos < end) {
-    throwIfAborted(signal);
-    const { status, depth, present } = await blockStatusAbove(top, base, pos, end - pos, { signal });
-    const runEnd = Math.min(end, pos + status.length);
-    const runLength = runEnd - pos;
-    if (depth === 0 && status.allocated) {
-      result.unchangedBytes += runLength;
-    } else if (present && status.data) {
-      // Data lives below: copy it up in chunks; each chunk is a safe point for cancellation.
-      for (let p = pos; p < runEnd; p += COPY_CHUNK) {
-        throwIfAborted(signal);
-        const n = Math.min(COPY_CHUNK, runEnd - p);
-        const bytes = await readAt(top, p, n, { signal });
-        await writeAt(top, p, bytes, { signal });
-        result.copiedBytes += n;
-        opts.onProgress?.(p + n - start, total, "copying");
-      }
-    } else if (present) {
-      // A lower layer holds explicit zeros. Without them, whatever stays below (the base) would show
-      // through once the chain is cut there, so keep them as zeros in the top layer. With no base the
-      // whole chain goes away and an unallocated run reads as zeros anyway, so copy-up keeps the hole.
-      if (base || mode !== "copy-up") {
-        await writeZeroesAt(top, pos, runLength, { signal, mayUnmap: false });
-        result.zeroedBytes += runLength;
-      } else {
-        result.unchangedBytes += runLength;
-      }
-    } else if (mode !== "copy-up") {
-      // Nothing above the base provides this run. Full/metadata allocate it in the top layer — but with a
-      // base, "zeros" would be wrong (the base shows through today), so copy the base's content instead.
-      if (base) {
-        for (let p = pos; p < runEnd; p += COPY_CHUNK) {
-          throwIfAborted(signal);
-          const n = Math.min(COPY_CHUNK, runEnd - p);
-          await writeAt(top, p, await readAt(top, p, n, { signal }), { signal });
+
+  // Copies [from, to) of what the chain reads as into the top layer. Every step keeps what each byte
+  // reads as, so a later step's read may overtake an earlier step's write of a neighbouring range.
+  function* copySteps(from: number, to: number): Generator<PipelineStep<Uint8Array>> {
+    for (let p = from; p < to; ) {
+      const at = p;
+      const n = Math.min(to, (Math.floor(at / COPY_CHUNK) + 1) * COPY_CHUNK) - at;
+      yield {
+        start: at,
+        end: at + n,
+        prepare: () => readAt(top, at, n, { signal }),
+        commit: async (bytes) => {
+          await writeAt(top, at, bytes, { signal });
           result.copiedBytes += n;
-        }
-      } else {
-        await writeZeroesAt(top, pos, runLength, { signal, mayUnmap: false });
-        result.zeroedBytes += runLength;
-      }
-    } else {
-      result.unchangedBytes += runLength;
+        },
+      };
+      p = at + n;
     }
-    pos = runEnd;
-    opts.onProgress?.(pos - start, total, "allocating");
   }
+  const zeroStep = (from: number, to: number): PipelineStep<Uint8Array> => ({
+    start: from,
+    end: to,
+    prepare: () => Promise.resolve(NOTHING_READ),
+    commit: async () => {
+      await writeZeroesAt(top, from, to - from, { signal, mayUnmap: false });
+      result.zeroedBytes += to - from;
+    },
+  });
+  const unchanged = (from: number, to: number): PipelineStep<Uint8Array> => {
+    result.unchangedBytes += to - from;
+    return { start: from, end: to };
+  };
+
+  async function* steps(): AsyncGenerator<PipelineStep<Uint8Array>> {
+    let pos = start;
+    while (pos < end) {
+      const { status, depth, present } = await blockStatusAbove(top, base, pos, end - pos, { signal });
+      const runEnd = Math.min(end, pos + status.length);
+      if (depth === 0 && status.allocated) {
+        yield unchanged(pos, runEnd);
+      } else if (present && status.data) {
+        // Data lives below: copy it up in chunks; each chunk is a safe point for cancellation.
+        yield* copySteps(pos, runEnd);
+      } else if (present) {
+        // A lower layer holds explicit zeros. Without them, whatever stays below (the base) would show
+        // through once the chain is cut there, so keep them as zeros in the top layer. With no base the
+        // whole chain goes away and an unallocated run reads as zeros anyway, so copy-up keeps the hole.
+        yield base || mode !== "copy-up" ? zeroStep(pos, runEnd) : unchanged(pos, runEnd);
+      } else if (mode !== "copy-up") {
+        // Nothing above the base provides this run. Full/metadata allocate it in the top layer — but with a
+        // base, "zeros" would be wrong (the base shows through today), so copy the base's content instead.
+        if (base) yield* copySteps(pos, runEnd);
+        else yield zeroStep(pos, runEnd);
+      } else {
+        yield unchanged(pos, runEnd);
+      }
+      pos = runEnd;
+    }
+  }
+
+  opts.onProgress?.(0, total, "allocating");
+  await runOrderedPipeline(steps(), {
+    maxInFlight: IN_FLIGHT,
+    signal,
+    onDone: (done) => opts.onProgress?.(done - start, total, "allocating"),
+  });
   await top.flush({ signal });
   return result;
 }
@@ -104,9 +128,17 @@ export async function allocateRange(top: BlockImage, opts: AllocateOptions): Pro
  */
 export async function flattenImage(
   top: BlockImage,
-  opts: { base?: BlockImage; baseLink?: import("../block-image.js").BackingLink; signal?: AbortSignal; onProgress?: ProgressFn },
+  opts: {
+    base?: BlockImage;
+    baseLink?: import("../block-image.js").BackingLink;
+    signal?: AbortSignal;
+    onProgress?: ProgressFn;
+  },
 ): Promise<AllocateResult> {
-  if (opts.base && !opts.baseLink) throw new EngineError("INVALID_ARGUMENT", "a base needs its backing link", { reason: "BASE_LINK_REQUIRED" });
+  if (opts.base && !opts.baseLink)
+    throw new EngineError("INVALID_ARGUMENT", "a base needs its backing link", {
+      reason: "BASE_LINK_REQUIRED",
+    });
   // Already flat: nothing to copy and no link to drop (and formats without backing links, like raw, qualify).
   if (top.backing === undefined && opts.base === undefined) {
     opts.onProgress?.(top.virtualSize, top.virtualSize, "done");

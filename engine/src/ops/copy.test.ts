@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { mapExtents } from "../core/allocation-map.js";
 import { readAt, writeAt } from "../core/io.js";
+import { EngineError } from "../errors.js";
 import { rawDriver } from "../formats/raw/index.js";
 import { createMemoryFile } from "../host/memory-file.js";
 import { copyImage } from "./copy.js";
@@ -55,7 +56,69 @@ describe("copyImage", () => {
     await expect(copying).rejects.toMatchObject({ code: "CANCELLED" });
   });
 
+  it("lets every chunk in flight settle before it reports the cancellation", async () => {
+    const src = await newRaw(64 * MiB);
+    await writeAt(src, 0, new Uint8Array(64 * MiB).fill(7));
+    const dst = await newRaw(64 * MiB);
+    let writing = 0;
+    let mostWriting = 0;
+    const write = dst.write.bind(dst);
+    dst.write = async (offset, data, opts) => {
+      mostWriting = Math.max(mostWriting, ++writing);
+      try {
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        await write(offset, data, opts);
+      } finally {
+        writing--;
+      }
+    };
+    const abort = new AbortController();
+    const copying = copyImage(src, dst, {
+      signal: abort.signal,
+      maxInFlight: 4,
+      onProgress: (done) => {
+        if (done >= 4 * MiB) abort.abort();
+      },
+    });
+    await expect(copying).rejects.toMatchObject({ code: "CANCELLED" });
+    expect(writing).toBe(0);
+    expect(mostWriting).toBeGreaterThan(1);
+  });
+
+  it("fails with the first error and starts no write after it", async () => {
+    const src = await newRaw(32 * MiB);
+    await writeAt(src, 0, new Uint8Array(32 * MiB).fill(3));
+    const read = src.read.bind(src);
+    src.read = async (offset, into, opts) => {
+      if (offset === 8 * MiB) throw new EngineError("IO", "injected read failure");
+      await read(offset, into, opts);
+    };
+    const dst = await newRaw(32 * MiB);
+    const written: number[] = [];
+    const write = dst.write.bind(dst);
+    dst.write = async (offset, data, opts) => {
+      written.push(offset);
+      await write(offset, data, opts);
+    };
+    await expect(copyImage(src, dst, { maxInFlight: 4 })).rejects.toMatchObject({ code: "IO" });
+    // In-order commits: nothing at or past the failed chunk reaches the target.
+    expect(written.every((offset) => offset < 8 * MiB)).toBe(true);
+  });
+
+  it("fails (rather than crashing the process) when the progress callback throws", async () => {
+    const src = await newRaw(16 * MiB);
+    await writeAt(src, 0, new Uint8Array(16 * MiB).fill(9));
+    const copying = copyImage(src, await newRaw(16 * MiB), {
+      onProgress: (done) => {
+        if (done > 0) throw new Error("observer failed");
+      },
+    });
+    await expect(copying).rejects.toMatchObject({ message: "observer failed" });
+  });
+
   it("refuses a target smaller than the source", async () => {
-    await expect(copyImage(await newRaw(2 * MiB), await newRaw(MiB))).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+    await expect(copyImage(await newRaw(2 * MiB), await newRaw(MiB))).rejects.toMatchObject({
+      code: "INVALID_ARGUMENT",
+    });
   });
 });

@@ -257,9 +257,12 @@ export async function writeClusters(
       let full: Buffer | undefined;
       let dest: number | undefined;
       if (!inPlace) {
-        full = Buffer.alloc(cs);
-        if (n < cs) await readCurrent(clusterBase, full);
-        full.set(slice, within);
+        // A whole-cluster write needs no copy-on-write buffer: the caller's bytes go out as they are.
+        if (n < cs) {
+          full = Buffer.alloc(cs);
+          await readCurrent(clusterBase, full);
+          full.set(slice, within);
+        }
         const reusable = e.copied && e.hostOffset !== 0 && e.type !== "compressed";
         dest = reusable ? e.hostOffset : undefined;
       } else {
