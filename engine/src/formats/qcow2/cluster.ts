@@ -6,6 +6,7 @@ import {
   type CompressedExtent,
   classifyL2Entry,
   encodeStandardEntry,
+  entryOffset,
 } from "./l2-entry.js";
 import { l1IndexOf, l2IndexOf } from "./layout.js";
 import type { Qcow2Metadata } from "./metadata.js";
@@ -91,6 +92,42 @@ function classifyCluster(
   return { e, alloc: raw.alloc, zero: raw.zero };
 }
 
+const TWO_POW_32 = 2 ** 32;
+const HI_FLAG_BITS = 0xff00_0000;
+const LO_FLAG_BITS = 0x0000_01ff;
+const HI_OFFSET_BITS = 0x00ff_ffff;
+const LO_OFFSET_BITS = 0xffff_fe00;
+
+/**
+ * How many standard (8-byte) entries after `index` (at most `limit`) continue the run of entry
+ * `index`, found by comparing raw words with the entry the run predicts: the same word for entries
+ * without a host cluster (unallocated, zero), the next host cluster with the same flag bits otherwise.
+ * Such an entry classifies exactly like the validated one before it, so only the file-end check is
+ * repeated. A map of a huge sparse image walks millions of entries, and classifying each one as an
+ * object dominated it; anything unexpected ends the scan and the caller classifies that entry.
+ */
+function continuingStandardEntries(md: Qcow2Metadata, table: Buffer, index: number, limit: number): number {
+  const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
+  const hi0 = view.getUint32(index * 8);
+  const lo0 = view.getUint32(index * 8 + 4);
+  const end = Math.min(md.layout.l2Entries, index + 1 + limit);
+  let i = index + 1;
+  if ((hi0 & HI_OFFSET_BITS) === 0 && (lo0 & LO_OFFSET_BITS) === 0) {
+    while (i < end && view.getUint32(i * 8) === hi0 && view.getUint32(i * 8 + 4) === lo0) i++;
+    return i - index - 1;
+  }
+  const cs = md.clusterSize;
+  const hiFlags = hi0 & HI_FLAG_BITS;
+  const loFlags = lo0 & LO_FLAG_BITS;
+  const lastValidHost = md.refcounts.allocEnd - cs;
+  for (let host = entryOffset(hi0, lo0) + cs; i < end && host <= lastValidHost; i++, host += cs) {
+    const hi = (Math.floor(host / TWO_POW_32) | hiFlags) >>> 0;
+    const lo = ((host % TWO_POW_32) | loFlags) >>> 0;
+    if (view.getUint32(i * 8) !== hi || view.getUint32(i * 8 + 4) !== lo) break;
+  }
+  return i - index - 1;
+}
+
 /**
  * The one lookup (QEMU qcow2_get_host_offset): what backs `offset` in this layer, and for how many
  * bytes (≤ maxBytes) the answer stays the same. Read and blockStatus both use it.
@@ -128,6 +165,12 @@ export async function getHostOffset(
   let bytes = g - inUnit;
   let expectedHost = first.hostOffset + sc * g + g;
   for (;;) {
+    if (units === 1 && bytes < maxBytes) {
+      const more = continuingStandardEntries(md, table, index, Math.ceil((maxBytes - bytes) / g));
+      index += more;
+      bytes += more * g;
+      expectedHost += more * g;
+    }
     if (bytes >= maxBytes) break;
     sc++;
     if (sc === units) {
