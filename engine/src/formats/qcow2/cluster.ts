@@ -55,6 +55,13 @@ function writeL2Raw(
   }
 }
 
+/** An all-zero entry (and bitmap): unallocated, valid in every format variant; fresh tables hold only these. */
+function isEmptyEntry(md: Qcow2Metadata, table: Buffer, index: number): boolean {
+  const at = index * md.layout.l2EntryBytes;
+  for (let k = 0; k < md.layout.l2EntryBytes; k += 4) if (table.readUInt32BE(at + k) !== 0) return false;
+  return true;
+}
+
 /** Classifies a subcluster and validates where its host cluster lies. */
 function classifyAt(md: Qcow2Metadata, table: Buffer, index: number, subcluster: number): ClassifiedEntry {
   const raw = readL2Raw(md, table, index);
@@ -308,7 +315,17 @@ export async function writeClusters(
       } else {
         dest = e.hostOffset;
       }
-      plans.push({ table, tableOffset, index, old: e, dest, piece: full ?? slice, within, inPlace, cow: !inPlace && n < cs });
+      plans.push({
+        table,
+        tableOffset,
+        index,
+        old: e,
+        dest,
+        piece: full ?? slice,
+        within,
+        inPlace,
+        cow: !inPlace && n < cs,
+      });
       pos += n;
     }
   }
@@ -438,6 +455,10 @@ export async function preallocateClusters(
     const needs: number[] = [];
     for (let p = pos; p < tableEnd; p += cs) {
       const index = l2IndexOf(layout, p);
+      if (isEmptyEntry(md, table, index)) {
+        needs.push(index);
+        continue;
+      }
       const { e } = classifyCluster(md, table, index);
       if (e.type === "unallocated" || e.type === "zero-plain") needs.push(index);
     }
