@@ -4,10 +4,12 @@ import type { PreallocMode, ProgressFn } from "../../types.js";
 
 /**
  * fallocate in bounded chunks: one posix_fallocate of the whole range is all-or-nothing, with no
- * progress and no cancel. 256 MiB keeps the call count small (~3 ms/GiB on ext4) while checking the
- * signal often enough.
+ * progress and no cancel. At most 256 MiB keeps the call count small (~3 ms/GiB on ext4) while
+ * checking the signal often enough; at least FALLOC_MIN_STEPS chunks lets a job show progress in steps.
  */
 export const FALLOC_CHUNK = 256 * 1024 * 1024;
+export const FALLOC_MIN_STEPS = 16;
+const FALLOC_ALIGN = 1024 * 1024;
 /** Zero writes for "full": large buffers, a few in flight. */
 export const FULL_CHUNK = 4 * 1024 * 1024;
 export const FULL_IN_FLIGHT = 4;
@@ -46,10 +48,14 @@ async function fallocateChunks(
   opts: PreallocateOptions,
 ): Promise<void> {
   const total = to - from;
+  const chunk = Math.max(
+    FALLOC_ALIGN,
+    Math.min(FALLOC_CHUNK, Math.ceil(total / FALLOC_MIN_STEPS / FALLOC_ALIGN) * FALLOC_ALIGN),
+  );
   opts.onProgress?.(0, total, "preallocate");
-  for (let pos = from; pos < to; pos += FALLOC_CHUNK) {
+  for (let pos = from; pos < to; pos += chunk) {
     throwIfAborted(opts.signal);
-    const length = Math.min(FALLOC_CHUNK, to - pos);
+    const length = Math.min(chunk, to - pos);
     await file.allocate(pos, length);
     opts.onProgress?.(pos + length - from, total, "preallocate");
   }
