@@ -16,7 +16,8 @@ export interface ZeroFillOptions {
 /**
  * Writes real zero bytes over [offset, offset + length) of `file` — allocated, written blocks, as
  * preallocation "full" promises, unlike fallocate's unwritten extents — in large writes with a few in
- * flight. Cancellation is checked before each write; a failure stops the other writers.
+ * flight, or through the file's own fillZeros (O_DIRECT on a real file). Cancellation is checked
+ * before each write; a failure stops the other writers.
  */
 export async function fillWithZeros(
   file: HostFile,
@@ -24,6 +25,15 @@ export async function fillWithZeros(
   length: number,
   opts: ZeroFillOptions = {},
 ): Promise<void> {
+  if (file.fillZeros) {
+    throwIfAborted(opts.signal);
+    await file.fillZeros(offset, length, {
+      ...(opts.signal === undefined ? {} : { signal: opts.signal }),
+      ...(opts.point === undefined ? {} : { point: opts.point }),
+    });
+    opts.onWritten?.(length);
+    return;
+  }
   const end = offset + length;
   const zeros = sharedZeroBuffer();
   let next = offset;

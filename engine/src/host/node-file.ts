@@ -19,8 +19,11 @@ import {
   FALLOC_FL_ZERO_RANGE,
   fallocate,
   fallocateSync,
+  DIRECT_ZERO_BYTES,
   isUnsupportedErrno,
+  errnoError,
   ofdTestLock,
+  pwriteZeros,
   SEEK_DATA,
   SEEK_HOLE,
   seek,
@@ -42,6 +45,10 @@ const MAX_IO_CHUNK = 1 << 30;
 /** O_TMPFILE is __O_TMPFILE | O_DIRECTORY; O_DIRECTORY differs between architectures, Node knows it. */
 const O_TMPFILE = 0o20000000 | fsConstants.O_DIRECTORY;
 const PROBE_LENGTH = 4096;
+/** O_DIRECT offsets and lengths are kept multiples of this (covers 512 and 4096-byte logical blocks). */
+const DIRECT_ALIGN = 4096;
+/** Zero writes in flight in fillZeros. */
+const FILL_IN_FLIGHT = 4;
 
 export async function openHostFile(path: string, opts: OpenHostFileOptions): Promise<HostFile> {
   if (opts.readOnly && opts.create !== undefined) {
@@ -131,6 +138,8 @@ class NodeHostFile implements HostFile {
   private readonly datasyncOverride: ((fd: number) => Promise<void>) | undefined;
   private fsyncFailure: unknown = undefined;
   private lockMode: LockMode | null = null;
+  /** A second descriptor with O_DIRECT for fillZeros; null once the file system refused O_DIRECT. */
+  private direct: FileHandle | null | undefined;
 
   constructor(
     handle: FileHandle,
@@ -251,6 +260,87 @@ class NodeHostFile implements HostFile {
     );
   }
 
+  /**
+   * Zero fill with O_DIRECT from an aligned zero mapping: gigabytes of zeros go to the device without
+   * being copied into and written back from the page cache, which roughly halves the time of
+   * preallocation "full" here. Unaligned edges, and file systems without O_DIRECT, use buffered writes.
+   */
+  async fillZeros(offset: number, length: number, opts?: IoOptions): Promise<void> {
+    checkRange(offset, length);
+    this.checkWritable();
+    const end = offset + length;
+    const alignedStart = Math.min(end, Math.ceil(offset / DIRECT_ALIGN) * DIRECT_ALIGN);
+    const alignedEnd = Math.max(alignedStart, Math.floor(end / DIRECT_ALIGN) * DIRECT_ALIGN);
+    let bufferedFrom = alignedStart;
+    const direct = alignedEnd > alignedStart ? await this.directHandle() : null;
+    if (direct) bufferedFrom = await this.directZeros(direct, alignedStart, alignedEnd, opts);
+    await this.bufferedZeros(offset, alignedStart, opts);
+    await this.bufferedZeros(bufferedFrom, end, opts);
+  }
+
+  /** O_DIRECT zero writes over [from, to); returns where it stopped (to, or earlier if O_DIRECT was refused). */
+  private async directZeros(direct: FileHandle, from: number, to: number, opts?: IoOptions): Promise<number> {
+    let next = from;
+    let refusedAt: number | undefined;
+    let failure: unknown;
+    const writer = async (): Promise<void> => {
+      while (next < to && failure === undefined && refusedAt === undefined) {
+        throwIfAborted(opts?.signal);
+        const pos = next;
+        const n = Math.min(DIRECT_ZERO_BYTES, to - pos);
+        next += n;
+        let done = 0;
+        try {
+          while (done < n) {
+            const written = await pwriteZeros(direct.fd, pos + done, n - done);
+            if (written === 0 || written % DIRECT_ALIGN !== 0) throw errnoError(5, "pwrite"); // EIO
+            done += written;
+          }
+        } catch (err) {
+          if ((err as { code?: unknown }).code === "EINVAL") {
+            // Stricter alignment than assumed: hand the rest to buffered writes.
+            refusedAt = Math.min(refusedAt ?? pos + done, pos + done);
+            this.direct = null;
+            return;
+          }
+          throw err;
+        }
+      }
+    };
+    await Promise.all(
+      Array.from({ length: FILL_IN_FLIGHT }, () =>
+        writer().catch((err: unknown) => {
+          failure ??= err;
+        }),
+      ),
+    );
+    if (failure !== undefined) throw EngineError.from(failure);
+    if (refusedAt !== undefined) return refusedAt;
+    return to;
+  }
+
+  private async bufferedZeros(from: number, to: number, opts?: IoOptions): Promise<void> {
+    if (to <= from) return;
+    const zeros = Buffer.alloc(Math.min(to - from, DIRECT_ZERO_BYTES));
+    for (let pos = from; pos < to; pos += zeros.length) {
+      await this.write(pos, zeros.subarray(0, Math.min(zeros.length, to - pos)), opts);
+    }
+  }
+
+  /** Opens (once) the same file again with O_DIRECT through /proc; null where that is not possible. */
+  private async directHandle(): Promise<FileHandle | null> {
+    if (this.direct !== undefined) return this.direct;
+    try {
+      this.direct = await open(
+        `/proc/self/fd/${this.handle.fd}`,
+        fsConstants.O_WRONLY | fsConstants.O_DIRECT,
+      );
+    } catch {
+      this.direct = null; // tmpfs and some network file systems refuse O_DIRECT (EINVAL)
+    }
+    return this.direct;
+  }
+
   async seekData(offset: number): Promise<number | null> {
     checkRange(offset, 0);
     if (!this.capabilities.seekData) return offset < (await this.size()) ? offset : null;
@@ -288,6 +378,8 @@ class NodeHostFile implements HostFile {
     // Closing the only descriptor of the open file description drops its OFD locks.
     this.lockMode = null;
     try {
+      await this.direct?.close();
+      this.direct = null;
       await this.handle.close();
     } catch (err) {
       throw EngineError.from(err);
