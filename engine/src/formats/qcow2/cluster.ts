@@ -200,6 +200,37 @@ export async function getHostOffset(
   };
 }
 
+/** L2 tables read together when a block status walk misses the cache. */
+const L2_READ_AHEAD = 8;
+
+/**
+ * Before a block status query over [offset, offset + length): when the L2 table at `offset` is not
+ * cached, reads it together with the next uncached tables the range needs (up to L2_READ_AHEAD, in
+ * parallel). A map of a large scattered image otherwise waits for one table read per L2 table, one
+ * after the other. Everything is awaited here, under the image lock, so no read lands in the cache
+ * after a later change; a bad L1 entry ahead just ends the read-ahead (the lookup reports it when it
+ * gets there), and only the first table's read error is reported.
+ */
+export async function readAheadL2(md: Qcow2Metadata, offset: number, length: number): Promise<void> {
+  const layout = md.layout;
+  const first = l1IndexOf(layout, offset);
+  const { l2Offset } = md.l2OffsetAt(first);
+  if (l2Offset === 0 || md.l2.has(l2Offset)) return;
+  const last = Math.min(md.header.l1Size - 1, l1IndexOf(layout, offset + length - 1));
+  const ahead: number[] = [];
+  for (let i = first + 1; i <= last && ahead.length < L2_READ_AHEAD - 1; i++) {
+    let next: number;
+    try {
+      next = md.l2OffsetAt(i).l2Offset;
+    } catch {
+      break;
+    }
+    if (next !== 0 && next !== l2Offset && !md.l2.has(next) && !ahead.includes(next)) ahead.push(next);
+  }
+  const [own] = await Promise.allSettled([md.l2.get(l2Offset), ...ahead.map((at) => md.l2.get(at))]);
+  if (own?.status === "rejected") throw own.reason;
+}
+
 /**
  * The L2 table for `l1Index`, ready to be modified: allocated if missing, copied if shared with a
  * snapshot (COPIED clear). The caller marks it dirty after changing it.

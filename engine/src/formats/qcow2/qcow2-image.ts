@@ -18,6 +18,7 @@ import {
   getHostOffset,
   type HostMapping,
   preallocateClusters,
+  readAheadL2,
   writeClusters,
   zeroClusters,
 } from "./cluster.js";
@@ -314,6 +315,9 @@ export class Qcow2Image implements BlockImage {
     return this.locked(async () => {
       throwIfAborted(opts?.signal);
       assertInImage(this.md, offset, length);
+      await readAheadL2(this.md, offset, length);
+      // A map walks every table of the image: keep the cache within its bound (clean tables only).
+      if (this.md.l2.overCapacity()) this.md.l2.trim();
       const m = await getHostOffset(this.md, offset, length);
       switch (m.type) {
         case "unallocated":
