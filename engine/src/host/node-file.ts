@@ -1,5 +1,6 @@
 import { constants as fsConstants } from "node:fs";
 import { type FileHandle, open } from "node:fs/promises";
+import { constants as osConstants } from "node:os";
 import { dirname } from "node:path";
 import { EngineError, throwIfAborted } from "../errors.js";
 import type { IoOptions } from "../types.js";
@@ -13,15 +14,15 @@ import {
 import type { HostCapabilities, HostFile, LockMode } from "./host-file.js";
 import { changeImageLock, releaseImageLock } from "./image-locks.js";
 import {
+  DIRECT_ZERO_BYTES,
+  errnoError,
   F_WRLCK,
   FALLOC_FL_KEEP_SIZE,
   FALLOC_FL_PUNCH_HOLE,
   FALLOC_FL_ZERO_RANGE,
   fallocate,
   fallocateSync,
-  DIRECT_ZERO_BYTES,
   isUnsupportedErrno,
-  errnoError,
   ofdTestLock,
   pwriteZeros,
   SEEK_DATA,
@@ -296,20 +297,23 @@ class NodeHostFile implements HostFile {
         const n = Math.min(DIRECT_ZERO_BYTES, to - pos);
         next += n;
         let done = 0;
+        let refused = false;
         try {
-          while (done < n) {
+          while (done < n && !refused) {
             const written = await pwriteZeros(direct.fd, pos + done, n - done);
-            if (written === 0 || written % DIRECT_ALIGN !== 0) throw errnoError(5, "pwrite"); // EIO
+            if (written === 0) throw errnoError(osConstants.errno.EIO, "pwrite");
             done += written;
+            refused = done % DIRECT_ALIGN !== 0; // a short, unaligned write: O_DIRECT cannot go on from there
           }
         } catch (err) {
-          if ((err as { code?: unknown }).code === "EINVAL") {
-            // Stricter alignment than assumed: hand the rest to buffered writes.
-            refusedAt = Math.min(refusedAt ?? pos + done, pos + done);
-            this.direct = null;
-            return;
-          }
-          throw err;
+          // EINVAL: stricter alignment than assumed, or no O_DIRECT for this file after all.
+          if ((err as { code?: unknown }).code !== "EINVAL") throw err;
+          refused = true;
+        }
+        if (refused) {
+          // Buffered writes take over from the lowest refused position (rewriting zeros is harmless).
+          refusedAt = Math.min(refusedAt ?? pos + done, pos + done);
+          return;
         }
       }
     };
@@ -320,9 +324,12 @@ class NodeHostFile implements HostFile {
         }),
       ),
     );
+    if (refusedAt !== undefined) {
+      this.direct = null;
+      await direct.close().catch(() => undefined);
+    }
     if (failure !== undefined) throw EngineError.from(failure);
-    if (refusedAt !== undefined) return refusedAt;
-    return to;
+    return refusedAt ?? to;
   }
 
   private async bufferedZeros(from: number, to: number, opts?: IoOptions): Promise<void> {
