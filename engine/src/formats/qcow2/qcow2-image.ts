@@ -565,6 +565,7 @@ export async function preallocateRange(
       unflushed += stepEnd - pos;
       if (unflushed >= PREALLOC_FLUSH_BYTES) {
         await md.flush();
+        await md.trimCaches(); // a terabyte preallocation must not keep every L2 table it wrote
         unflushed = 0;
       }
       pos = stepEnd;
