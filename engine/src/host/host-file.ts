@@ -54,6 +54,12 @@ export interface HostFile {
   punchHole(offset: number, length: number): Promise<void>;
   /** Makes the range read as zeros, keeping it allocated. UNSUPPORTED if the host can't. */
   zeroRange(offset: number, length: number, keepSize?: boolean): Promise<void>;
+  /**
+   * Optional: writes zero bytes over the range as real, allocated, written blocks (preallocation
+   * "full"; unlike zeroRange, never unwritten extents), possibly bypassing the page cache. Durable
+   * only after flush(). Callers without it write zero buffers.
+   */
+  fillZeros?(offset: number, length: number, opts?: IoOptions): Promise<void>;
 
   /**
    * Next offset ≥ `offset` holding data (SEEK_DATA), or null if none before end of file.

@@ -36,6 +36,8 @@ interface Bindings {
   fallocate: NativeFunction;
   lseek: NativeFunction;
   fcntlLock: NativeFunction;
+  mmap: NativeFunction;
+  pwrite: NativeFunction;
 }
 
 let bindings: Bindings | undefined;
@@ -69,6 +71,8 @@ function libc(): Bindings {
       // fcntl is variadic in C; for integer/pointer arguments the fixed-argument call is ABI-identical on
       // the Linux 64-bit ABIs, and a fixed prototype lets koffi copy the struct back (_Inout_).
       fcntlLock: lib.func("fcntl", "int", ["int", "int", koffi.inout(koffi.pointer(flock))]),
+      mmap: lib.func("void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)"),
+      pwrite: lib.func("int64_t pwrite(int fd, const void *buf, size_t count, int64_t offset)"),
     };
   }
   return bindings;
@@ -147,4 +151,46 @@ export function ofdTestLock(fd: number, type: number, start: number, length: num
   const rc = libc().fcntlLock(fd, F_OFD_GETLK, record) as number;
   if (rc !== 0) throw errnoError(koffi.errno(), "fcntl(F_OFD_GETLK)");
   return record.l_type;
+}
+
+/** Bytes of the shared zero region used as the source of O_DIRECT zero writes. */
+export const DIRECT_ZERO_BYTES = 8 * 1024 * 1024;
+const PROT_READ = 0x1;
+const MAP_PRIVATE = 0x02;
+const MAP_ANONYMOUS = 0x20;
+/** (void *) -1, as koffi reports the address (unsigned or signed, depending on the version). */
+const MAP_FAILED = [-1n, 0xffff_ffff_ffff_ffffn];
+
+let directZeros: unknown;
+
+/**
+ * A read-only, page-aligned anonymous mapping of DIRECT_ZERO_BYTES zeros, mapped once per process:
+ * O_DIRECT needs aligned memory, which Node Buffers do not guarantee.
+ */
+function directZeroRegion(): unknown {
+  if (directZeros === undefined) {
+    const region = libc().mmap(null, DIRECT_ZERO_BYTES, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (region === null || MAP_FAILED.includes(BigInt(koffi.address(region))))
+      throw errnoError(koffi.errno(), "mmap");
+    directZeros = region;
+  }
+  return directZeros;
+}
+
+/**
+ * pwrite of `length` (≤ DIRECT_ZERO_BYTES) zero bytes from the aligned zero region, on a koffi worker
+ * thread; resolves with the bytes written (short writes are possible).
+ */
+export function pwriteZeros(fd: number, offset: number, length: number): Promise<number> {
+  if (length > DIRECT_ZERO_BYTES) throw new RangeError("zero write larger than the zero region");
+  const fn = libc().pwrite;
+  const region = directZeroRegion();
+  return new Promise((resolve, reject) => {
+    fn.async(fd, region, length, offset, (err: unknown, rc: number | bigint) => {
+      const written = Number(rc);
+      if (err) reject(err);
+      else if (written < 0) reject(errnoError(koffi.errno(), "pwrite"));
+      else resolve(written);
+    });
+  });
 }

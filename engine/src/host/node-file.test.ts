@@ -318,3 +318,26 @@ describe("capability probe agrees with the file system", () => {
     }
   });
 });
+
+describe("fillZeros", () => {
+  it("writes real zeros over an unaligned range, leaving the bytes around it, and extends the file", async () => {
+    const f = await openNew();
+    const before = pattern(20 * MiB, 7);
+    await f.write(0, before);
+    const start = 1000;
+    const length = 17 * MiB + 123;
+    expect(f.fillZeros).toBeDefined();
+    await f.fillZeros?.(start, length);
+    const back = new Uint8Array(20 * MiB);
+    await f.readFull(0, back);
+    const expected = Uint8Array.from(before);
+    expected.fill(0, start, start + length);
+    expectBytes(back, expected);
+    // Past the end: the file grows, and the new blocks are allocated (not a hole).
+    await f.fillZeros?.(24 * MiB, 8 * MiB);
+    await f.flush();
+    expect(await f.size()).toBe(32 * MiB);
+    expect(await f.seekData(24 * MiB)).toBe(24 * MiB);
+    expect(await f.seekHole(24 * MiB)).toBe(32 * MiB);
+  });
+});

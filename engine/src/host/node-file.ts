@@ -1,5 +1,6 @@
 import { constants as fsConstants } from "node:fs";
 import { type FileHandle, open } from "node:fs/promises";
+import { constants as osConstants } from "node:os";
 import { dirname } from "node:path";
 import { EngineError, throwIfAborted } from "../errors.js";
 import type { IoOptions } from "../types.js";
@@ -13,6 +14,8 @@ import {
 import type { HostCapabilities, HostFile, LockMode } from "./host-file.js";
 import { changeImageLock, releaseImageLock } from "./image-locks.js";
 import {
+  DIRECT_ZERO_BYTES,
+  errnoError,
   F_WRLCK,
   FALLOC_FL_KEEP_SIZE,
   FALLOC_FL_PUNCH_HOLE,
@@ -21,6 +24,7 @@ import {
   fallocateSync,
   isUnsupportedErrno,
   ofdTestLock,
+  pwriteZeros,
   SEEK_DATA,
   SEEK_HOLE,
   seek,
@@ -42,6 +46,10 @@ const MAX_IO_CHUNK = 1 << 30;
 /** O_TMPFILE is __O_TMPFILE | O_DIRECTORY; O_DIRECTORY differs between architectures, Node knows it. */
 const O_TMPFILE = 0o20000000 | fsConstants.O_DIRECTORY;
 const PROBE_LENGTH = 4096;
+/** O_DIRECT offsets and lengths are kept multiples of this (covers 512 and 4096-byte logical blocks). */
+const DIRECT_ALIGN = 4096;
+/** Zero writes in flight in fillZeros. */
+const FILL_IN_FLIGHT = 4;
 
 export async function openHostFile(path: string, opts: OpenHostFileOptions): Promise<HostFile> {
   if (opts.readOnly && opts.create !== undefined) {
@@ -131,6 +139,8 @@ class NodeHostFile implements HostFile {
   private readonly datasyncOverride: ((fd: number) => Promise<void>) | undefined;
   private fsyncFailure: unknown = undefined;
   private lockMode: LockMode | null = null;
+  /** A second descriptor with O_DIRECT for fillZeros; null once the file system refused O_DIRECT. */
+  private direct: FileHandle | null | undefined;
 
   constructor(
     handle: FileHandle,
@@ -251,6 +261,99 @@ class NodeHostFile implements HostFile {
     );
   }
 
+  /**
+   * Zero fill with O_DIRECT from an aligned zero mapping: gigabytes of zeros go to the device without
+   * being copied into and written back from the page cache, which roughly halves the time of
+   * preallocation "full" here. Unaligned edges, and file systems without O_DIRECT, use buffered writes.
+   */
+  async fillZeros(offset: number, length: number, opts?: IoOptions): Promise<void> {
+    checkRange(offset, length);
+    this.checkWritable();
+    const end = offset + length;
+    const alignedStart = Math.min(end, Math.ceil(offset / DIRECT_ALIGN) * DIRECT_ALIGN);
+    const alignedEnd = Math.max(alignedStart, Math.floor(end / DIRECT_ALIGN) * DIRECT_ALIGN);
+    let bufferedFrom = alignedStart;
+    const direct = alignedEnd > alignedStart ? await this.directHandle() : null;
+    if (direct) {
+      // Allocating the blocks first lets the direct writes overwrite in place instead of allocating and
+      // extending the file write by write (ext4: ~30 % faster here). The writes then make them written.
+      if (this.capabilities.allocate)
+        await this.allocate(alignedStart, alignedEnd - alignedStart).catch(() => {});
+      bufferedFrom = await this.directZeros(direct, alignedStart, alignedEnd, opts);
+    }
+    await this.bufferedZeros(offset, alignedStart, opts);
+    await this.bufferedZeros(bufferedFrom, end, opts);
+  }
+
+  /** O_DIRECT zero writes over [from, to); returns where it stopped (to, or earlier if O_DIRECT was refused). */
+  private async directZeros(direct: FileHandle, from: number, to: number, opts?: IoOptions): Promise<number> {
+    let next = from;
+    let refusedAt: number | undefined;
+    let failure: unknown;
+    const writer = async (): Promise<void> => {
+      while (next < to && failure === undefined && refusedAt === undefined) {
+        throwIfAborted(opts?.signal);
+        const pos = next;
+        const n = Math.min(DIRECT_ZERO_BYTES, to - pos);
+        next += n;
+        let done = 0;
+        let refused = false;
+        try {
+          while (done < n && !refused) {
+            const written = await pwriteZeros(direct.fd, pos + done, n - done);
+            if (written === 0) throw errnoError(osConstants.errno.EIO, "pwrite");
+            done += written;
+            refused = done % DIRECT_ALIGN !== 0; // a short, unaligned write: O_DIRECT cannot go on from there
+          }
+        } catch (err) {
+          // EINVAL: stricter alignment than assumed, or no O_DIRECT for this file after all.
+          if ((err as { code?: unknown }).code !== "EINVAL") throw err;
+          refused = true;
+        }
+        if (refused) {
+          // Buffered writes take over from the lowest refused position (rewriting zeros is harmless).
+          refusedAt = Math.min(refusedAt ?? pos + done, pos + done);
+          return;
+        }
+      }
+    };
+    await Promise.all(
+      Array.from({ length: FILL_IN_FLIGHT }, () =>
+        writer().catch((err: unknown) => {
+          failure ??= err;
+        }),
+      ),
+    );
+    if (refusedAt !== undefined) {
+      this.direct = null;
+      await direct.close().catch(() => undefined);
+    }
+    if (failure !== undefined) throw EngineError.from(failure);
+    return refusedAt ?? to;
+  }
+
+  private async bufferedZeros(from: number, to: number, opts?: IoOptions): Promise<void> {
+    if (to <= from) return;
+    const zeros = Buffer.alloc(Math.min(to - from, DIRECT_ZERO_BYTES));
+    for (let pos = from; pos < to; pos += zeros.length) {
+      await this.write(pos, zeros.subarray(0, Math.min(zeros.length, to - pos)), opts);
+    }
+  }
+
+  /** Opens (once) the same file again with O_DIRECT through /proc; null where that is not possible. */
+  private async directHandle(): Promise<FileHandle | null> {
+    if (this.direct !== undefined) return this.direct;
+    try {
+      this.direct = await open(
+        `/proc/self/fd/${this.handle.fd}`,
+        fsConstants.O_WRONLY | fsConstants.O_DIRECT,
+      );
+    } catch {
+      this.direct = null; // tmpfs and some network file systems refuse O_DIRECT (EINVAL)
+    }
+    return this.direct;
+  }
+
   async seekData(offset: number): Promise<number | null> {
     checkRange(offset, 0);
     if (!this.capabilities.seekData) return offset < (await this.size()) ? offset : null;
@@ -288,6 +391,8 @@ class NodeHostFile implements HostFile {
     // Closing the only descriptor of the open file description drops its OFD locks.
     this.lockMode = null;
     try {
+      await this.direct?.close();
+      this.direct = null;
       await this.handle.close();
     } catch (err) {
       throw EngineError.from(err);

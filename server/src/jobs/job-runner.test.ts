@@ -34,17 +34,75 @@ async function collect(it: AsyncIterable<JobSnapshot>): Promise<JobSnapshot[]> {
 describe("JobRunner", () => {
   it("runs a job to SUCCEEDED with monotonic, coalesced progress and a terminal snapshot", async () => {
     const { runner, store } = makeRunner();
-    const { job } = runner.submit({ kind: "CREATE_VOLUME", volume: "v", locks: [], run: steppingJob(30, 2) });
+    const { job } = runner.submit({
+      kind: "CREATE_VOLUME",
+      volume: "v",
+      locks: [],
+      run: steppingJob(100, 2),
+    });
     const events = await collect(runner.watch(job.id));
     const last = events.at(-1);
     expect(last?.state).toBe("SUCCEEDED");
     expect(last?.result).toBe("finished");
-    expect(last?.progress.doneBytes).toBe(3000);
+    expect(last?.progress.doneBytes).toBe(10000);
     const done = events.map((e) => e.progress.doneBytes);
     expect(done).toEqual([...done].sort((a, b) => a - b));
-    // 30 progress reports 2 ms apart, watcher interval 20 ms: coalescing must drop most of them.
-    expect(events.length).toBeLessThan(20);
+    // 100 progress reports 2 ms apart, watcher interval 20 ms, plus one milestone per 10 %: coalescing
+    // must still drop most of them.
+    expect(events.length).toBeLessThan(50);
     expect(store.getJob(job.id)?.state).toBe("SUCCEEDED");
+  });
+
+  it("sends the snapshot at each 10 % of progress even when the job is faster than the watch interval", async () => {
+    const { runner } = makeRunner({ watchIntervalMs: 60_000 });
+    const { job } = runner.submit({
+      kind: "CREATE_VOLUME",
+      volume: "v",
+      locks: [],
+      run: async (ctx) => {
+        // 16 steps with no pause between some of them: several tenths may pass before the watcher runs.
+        for (let i = 1; i <= 16; i++) {
+          if (i % 4 === 0) await sleep(1);
+          ctx.progress(i * 64, 16 * 64, "preallocate");
+        }
+        return "created";
+      },
+    });
+    const events = await collect(runner.watch(job.id));
+    expect(events.at(-1)?.state).toBe("SUCCEEDED");
+    const done = events.map((e) => e.progress.doneBytes);
+    expect(done).toEqual([...done].sort((a, b) => a - b));
+    const tenths = new Set(done.map((d) => Math.floor((d * 10) / 1024)));
+    for (let t = 1; t <= 10; t++) expect(tenths.has(t)).toBe(true);
+    // Distinct done values, as a progress bar counts them: at least the ten steps.
+    expect(new Set(done.filter((d) => d > 0)).size).toBeGreaterThanOrEqual(10);
+  });
+
+  it("starts a late watcher at the current snapshot, not at past milestones", async () => {
+    const { runner } = makeRunner({ watchIntervalMs: 60_000 });
+    let release!: () => void;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    const { job } = runner.submit({
+      kind: "CREATE_VOLUME",
+      volume: "v",
+      locks: [],
+      run: async (ctx) => {
+        for (let i = 1; i <= 5; i++) ctx.progress(i * 100, 1000);
+        await gate;
+        ctx.progress(1000, 1000);
+        return "ok";
+      },
+    });
+    await sleep(10);
+    const watching = collect(runner.watch(job.id));
+    await sleep(10);
+    release();
+    const done = (await watching).map((e) => e.progress.doneBytes);
+    expect(done[0]).toBe(500);
+    expect(done).toEqual([...done].sort((a, b) => a - b));
+    expect(done.at(-1)).toBe(1000);
   });
 
   it("cancels at the next safe point and ends CANCELLED with a CANCELLED error", async () => {

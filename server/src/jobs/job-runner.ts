@@ -52,7 +52,18 @@ interface LiveJob {
   lastPersist: number;
   rate: RateMeter;
   settled: Promise<void>;
+  /**
+   * The snapshots at which progress first reached each further tenth of the total (at most
+   * PROGRESS_STEPS): every watcher sends these besides the time-coalesced latest, so even a job of a
+   * few tens of milliseconds shows its progress in steps.
+   */
+  milestones: JobSnapshot[];
+  /** Tenths of the total reached so far. */
+  tenthsReached: number;
 }
+
+/** Progress milestones per job: one snapshot per 10 % of the total. */
+const PROGRESS_STEPS = 10;
 
 /** Exponentially weighted throughput over progress reports, for bytes_per_second and ETA. */
 class RateMeter {
@@ -153,6 +164,8 @@ export class JobRunner {
       lastPersist: 0,
       rate: new RateMeter(),
       settled: Promise.resolve(),
+      milestones: [],
+      tenthsReached: 0,
     };
     try {
       // Saved before it is registered: a job the catalog could not record (e.g. a full disk) never ran.
@@ -179,7 +192,8 @@ export class JobRunner {
 
   /**
    * Snapshots of a job until it ends: the current one at once, then changes coalesced to at most one
-   * per watchIntervalMs (latest wins), and always the terminal one. Ends when the job ends or `signal` fires.
+   * per watchIntervalMs (latest wins), plus the snapshot at each further 10 % of progress, and always
+   * the terminal one. done_bytes never decreases along the stream. Ends when the job ends or `signal` fires.
    */
   async *watch(id: string, signal?: AbortSignal): AsyncGenerator<JobSnapshot> {
     const live = this.#live.get(id);
@@ -201,7 +215,19 @@ export class JobRunner {
     try {
       let lastSent = 0;
       let lastSnapshot: JobSnapshot | undefined;
+      // Milestones reached before this watcher came are history: it starts from the current snapshot.
+      let nextMilestone = live.milestones.length;
       while (!signal?.aborted) {
+        // Milestones first: each is older than the latest snapshot, so the order stays monotonic.
+        if (nextMilestone < live.milestones.length) {
+          const milestone = live.milestones[nextMilestone++];
+          if (milestone !== undefined && milestone !== lastSnapshot && !olderThan(milestone, lastSnapshot)) {
+            lastSnapshot = milestone;
+            lastSent = Date.now();
+            yield milestone;
+          }
+          continue;
+        }
         if (!changed) {
           await new Promise<void>((resolve) => {
             wake = resolve;
@@ -217,7 +243,11 @@ export class JobRunner {
           await new Promise<void>((resolve) => {
             const t = setTimeout(resolve, wait);
             wake = () => {
-              if (isTerminal(live.snapshot.state) || signal?.aborted) {
+              if (
+                isTerminal(live.snapshot.state) ||
+                signal?.aborted ||
+                nextMilestone < live.milestones.length
+              ) {
                 clearTimeout(t);
                 resolve();
               }
@@ -358,19 +388,28 @@ export class JobRunner {
     const totalBytes = Math.max(total, doneBytes);
     const rate = live.rate.update(doneBytes, Date.now());
     const etaSeconds = rate > 0 ? (totalBytes - doneBytes) / rate : 0;
-    this.#update(live, {
-      progress: {
-        doneBytes,
-        totalBytes,
-        bytesPerSecond: Math.round(rate),
-        etaSeconds,
-        phase: phase ?? prev.phase,
+    const tenths = totalBytes > 0 ? Math.floor((doneBytes * PROGRESS_STEPS) / totalBytes) : 0;
+    const milestone = tenths > live.tenthsReached;
+    if (milestone) live.tenthsReached = tenths;
+    this.#update(
+      live,
+      {
+        progress: {
+          doneBytes,
+          totalBytes,
+          bytesPerSecond: Math.round(rate),
+          etaSeconds,
+          phase: phase ?? prev.phase,
+        },
       },
-    });
+      false,
+      milestone,
+    );
   }
 
-  #update(live: LiveJob, change: Partial<JobSnapshot>, persistNow = false): void {
+  #update(live: LiveJob, change: Partial<JobSnapshot>, persistNow = false, milestone = false): void {
     live.snapshot = { ...live.snapshot, ...change };
+    if (milestone) live.milestones.push(live.snapshot);
     const now = Date.now();
     if (persistNow || now - live.lastPersist >= this.#opts.persistIntervalMs) {
       live.lastPersist = now;
@@ -384,6 +423,11 @@ export class JobRunner {
     }
     for (const listener of live.listeners) listener();
   }
+}
+
+/** A snapshot whose progress lies behind one already sent (a milestone overtaken by the latest). */
+function olderThan(snapshot: JobSnapshot, sent: JobSnapshot | undefined): boolean {
+  return sent !== undefined && snapshot.progress.doneBytes < sent.progress.doneBytes;
 }
 
 export type { JobProgress };

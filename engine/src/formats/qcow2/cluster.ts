@@ -6,6 +6,7 @@ import {
   type CompressedExtent,
   classifyL2Entry,
   encodeStandardEntry,
+  entryOffset,
 } from "./l2-entry.js";
 import { l1IndexOf, l2IndexOf } from "./layout.js";
 import type { Qcow2Metadata } from "./metadata.js";
@@ -54,6 +55,13 @@ function writeL2Raw(
   }
 }
 
+/** An all-zero entry (and bitmap): unallocated, valid in every format variant; fresh tables hold only these. */
+function isEmptyEntry(md: Qcow2Metadata, table: Buffer, index: number): boolean {
+  const at = index * md.layout.l2EntryBytes;
+  for (let k = 0; k < md.layout.l2EntryBytes; k += 4) if (table.readUInt32BE(at + k) !== 0) return false;
+  return true;
+}
+
 /** Classifies a subcluster and validates where its host cluster lies. */
 function classifyAt(md: Qcow2Metadata, table: Buffer, index: number, subcluster: number): ClassifiedEntry {
   const raw = readL2Raw(md, table, index);
@@ -89,6 +97,42 @@ function classifyCluster(
     for (let sc = 1; sc < 32; sc++) classifyL2Entry(md.ctx, raw.hi, raw.lo, raw.alloc, raw.zero, sc);
   }
   return { e, alloc: raw.alloc, zero: raw.zero };
+}
+
+const TWO_POW_32 = 2 ** 32;
+const HI_FLAG_BITS = 0xff00_0000;
+const LO_FLAG_BITS = 0x0000_01ff;
+const HI_OFFSET_BITS = 0x00ff_ffff;
+const LO_OFFSET_BITS = 0xffff_fe00;
+
+/**
+ * How many standard (8-byte) entries after `index` (at most `limit`) continue the run of entry
+ * `index`, found by comparing raw words with the entry the run predicts: the same word for entries
+ * without a host cluster (unallocated, zero), the next host cluster with the same flag bits otherwise.
+ * Such an entry classifies exactly like the validated one before it, so only the file-end check is
+ * repeated. A map of a huge sparse image walks millions of entries, and classifying each one as an
+ * object dominated it; anything unexpected ends the scan and the caller classifies that entry.
+ */
+function continuingStandardEntries(md: Qcow2Metadata, table: Buffer, index: number, limit: number): number {
+  const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
+  const hi0 = view.getUint32(index * 8);
+  const lo0 = view.getUint32(index * 8 + 4);
+  const end = Math.min(md.layout.l2Entries, index + 1 + limit);
+  let i = index + 1;
+  if ((hi0 & HI_OFFSET_BITS) === 0 && (lo0 & LO_OFFSET_BITS) === 0) {
+    while (i < end && view.getUint32(i * 8) === hi0 && view.getUint32(i * 8 + 4) === lo0) i++;
+    return i - index - 1;
+  }
+  const cs = md.clusterSize;
+  const hiFlags = hi0 & HI_FLAG_BITS;
+  const loFlags = lo0 & LO_FLAG_BITS;
+  const lastValidHost = md.refcounts.allocEnd - cs;
+  for (let host = entryOffset(hi0, lo0) + cs; i < end && host <= lastValidHost; i++, host += cs) {
+    const hi = (Math.floor(host / TWO_POW_32) | hiFlags) >>> 0;
+    const lo = ((host % TWO_POW_32) | loFlags) >>> 0;
+    if (view.getUint32(i * 8) !== hi || view.getUint32(i * 8 + 4) !== lo) break;
+  }
+  return i - index - 1;
 }
 
 /**
@@ -128,6 +172,12 @@ export async function getHostOffset(
   let bytes = g - inUnit;
   let expectedHost = first.hostOffset + sc * g + g;
   for (;;) {
+    if (units === 1 && bytes < maxBytes) {
+      const more = continuingStandardEntries(md, table, index, Math.ceil((maxBytes - bytes) / g));
+      index += more;
+      bytes += more * g;
+      expectedHost += more * g;
+    }
     if (bytes >= maxBytes) break;
     sc++;
     if (sc === units) {
@@ -148,6 +198,37 @@ export async function getHostOffset(
     bytes: Math.min(bytes, maxBytes),
     hostOffset: hostBacked ? first.hostOffset + (offset % layout.clusterSize) : 0,
   };
+}
+
+/** L2 tables read together when a block status walk misses the cache. */
+const L2_READ_AHEAD = 8;
+
+/**
+ * Before a block status query over [offset, offset + length): when the L2 table at `offset` is not
+ * cached, reads it together with the next uncached tables the range needs (up to L2_READ_AHEAD, in
+ * parallel). A map of a large scattered image otherwise waits for one table read per L2 table, one
+ * after the other. Everything is awaited here, under the image lock, so no read lands in the cache
+ * after a later change; a bad L1 entry ahead just ends the read-ahead (the lookup reports it when it
+ * gets there), and only the first table's read error is reported.
+ */
+export async function readAheadL2(md: Qcow2Metadata, offset: number, length: number): Promise<void> {
+  const layout = md.layout;
+  const first = l1IndexOf(layout, offset);
+  const { l2Offset } = md.l2OffsetAt(first);
+  if (l2Offset === 0 || md.l2.has(l2Offset)) return;
+  const last = Math.min(md.header.l1Size - 1, l1IndexOf(layout, offset + length - 1));
+  const ahead: number[] = [];
+  for (let i = first + 1; i <= last && ahead.length < L2_READ_AHEAD - 1; i++) {
+    let next: number;
+    try {
+      next = md.l2OffsetAt(i).l2Offset;
+    } catch {
+      break;
+    }
+    if (next !== 0 && next !== l2Offset && !md.l2.has(next) && !ahead.includes(next)) ahead.push(next);
+  }
+  const [own] = await Promise.allSettled([md.l2.get(l2Offset), ...ahead.map((at) => md.l2.get(at))]);
+  if (own?.status === "rejected") throw own.reason;
 }
 
 /**
@@ -268,7 +349,17 @@ export async function writeClusters(
       } else {
         dest = e.hostOffset;
       }
-      plans.push({ table, tableOffset, index, old: e, dest, piece: full ?? slice, within, inPlace, cow: !inPlace && n < cs });
+      plans.push({
+        table,
+        tableOffset,
+        index,
+        old: e,
+        dest,
+        piece: full ?? slice,
+        within,
+        inPlace,
+        cow: !inPlace && n < cs,
+      });
       pos += n;
     }
   }
@@ -398,6 +489,10 @@ export async function preallocateClusters(
     const needs: number[] = [];
     for (let p = pos; p < tableEnd; p += cs) {
       const index = l2IndexOf(layout, p);
+      if (isEmptyEntry(md, table, index)) {
+        needs.push(index);
+        continue;
+      }
       const { e } = classifyCluster(md, table, index);
       if (e.type === "unallocated" || e.type === "zero-plain") needs.push(index);
     }

@@ -211,6 +211,28 @@ describe("hostile qcow2 images fail with typed errors in bounded time", () => {
     }
   });
 
+  it("D2 a bad entry inside a host-contiguous run is refused by read and block status", async () => {
+    const path = baseImage("cluster_size=65536", ["write -P 0x11 0 256k"]);
+    const { l2 } = tables(path);
+    const first = BigInt(readU64(path, l2));
+    // Entry 2 continues the run's host offsets but carries a reserved bit.
+    poke(path, l2 + 16, u64(first + 2n * BigInt(CS) + 0x4n));
+    expect(await readFails(path, 0, 4 * CS)).toMatchObject({
+      code: "CORRUPT",
+      reason: "QCOW2_L2_ENTRY_INVALID",
+    });
+    const img = await openImage(path, true);
+    try {
+      expect(await failure(() => img.blockStatus(0, 4 * CS))).toMatchObject({
+        code: "CORRUPT",
+        reason: "QCOW2_L2_ENTRY_INVALID",
+      });
+      expect(await img.blockStatus(0, 2 * CS)).toMatchObject({ length: 2 * CS, allocated: true, data: true });
+    } finally {
+      await img.close();
+    }
+  });
+
   it("D3 data cluster and L2 table beyond the end of the file", async () => {
     const path = baseImage();
     poke(path, tables(path).l2, u64((1n << 63n) | (1n << 40n)));

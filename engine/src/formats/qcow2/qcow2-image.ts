@@ -1,4 +1,5 @@
 import type { BackingLink, BlockImage, TruncateOptions } from "../../block-image.js";
+import { fillWithZeros } from "../../core/zero-fill.js";
 import { EngineError, throwIfAborted } from "../../errors.js";
 import type { HostFile } from "../../host/host-file.js";
 import type {
@@ -17,6 +18,7 @@ import {
   getHostOffset,
   type HostMapping,
   preallocateClusters,
+  readAheadL2,
   writeClusters,
   zeroClusters,
 } from "./cluster.js";
@@ -39,8 +41,12 @@ import type { Qcow2Metadata } from "./metadata.js";
 import { Mutex } from "./mutex.js";
 
 const MAX_TRANSFER = 16 * 1024 * 1024;
-/** Guest bytes preallocated per step between progress reports and cancellation checks. */
-const PREALLOC_STEP = 256 * 1024 * 1024;
+/** Preallocation steps (progress reports and cancellation points): at least this many... */
+const PREALLOC_MIN_STEPS = 16;
+/** ...of at most this many guest bytes each. */
+const PREALLOC_MAX_STEP = 256 * 1024 * 1024;
+/** Guest bytes preallocated between ordered metadata flushes (bounds the dirty L2 tables held). */
+const PREALLOC_FLUSH_BYTES = 16 * 1024 * 1024 * 1024;
 
 function missingBacking(): EngineError {
   return new EngineError("FAILED_PRECONDITION", "qcow2: the backing image was not supplied", {
@@ -309,6 +315,9 @@ export class Qcow2Image implements BlockImage {
     return this.locked(async () => {
       throwIfAborted(opts?.signal);
       assertInImage(this.md, offset, length);
+      await readAheadL2(this.md, offset, length);
+      // A map walks every table of the image: keep the cache within its bound (clean tables only).
+      if (this.md.l2.overCapacity()) this.md.l2.trim();
       const m = await getHostOffset(this.md, offset, length);
       switch (m.type) {
         case "unallocated":
@@ -524,8 +533,10 @@ export class Qcow2Image implements BlockImage {
 }
 
 /**
- * Preallocates [from, to) per `opts.prealloc` in steps, reporting progress and honouring the signal
- * between steps — each step's metadata is complete on its own, so stopping leaves a valid image.
+ * Preallocates [from, to) per `opts.prealloc` in steps, reporting progress after each and honouring
+ * the signal between them. Each step leaves complete metadata in the caches; they are flushed (one
+ * ordered flush, not one per step) every PREALLOC_FLUSH_BYTES, at the end, and when the operation is
+ * cancelled, so stopping still leaves a valid image with a preallocated prefix.
  */
 export async function preallocateRange(
   img: Qcow2Image,
@@ -536,27 +547,48 @@ export async function preallocateRange(
   if (opts.prealloc === "off" || to <= from) return;
   const md = img.md;
   const total = to - from;
-  for (let pos = from; pos < to; ) {
-    throwIfAborted(opts.signal);
-    const stepEnd = Math.min(to, pos - (pos % PREALLOC_STEP) + PREALLOC_STEP);
-    const runs = await preallocateClusters(md, pos, stepEnd);
-    for (const [host, bytes] of runs) {
-      if (opts.prealloc === "falloc") {
-        await md.file.allocate(host, bytes);
-      } else if (opts.prealloc === "full") {
-        const zeros = Buffer.alloc(Math.min(bytes, 4 * 1024 * 1024));
-        for (let done = 0; done < bytes; done += zeros.length) {
-          await md.file.write(host + done, zeros.subarray(0, Math.min(zeros.length, bytes - done)), {
-            point: "prealloc_write",
-          });
+  const step = preallocStep(total, md.clusterSize);
+  let unflushed = 0;
+  try {
+    for (let pos = from; pos < to; ) {
+      throwIfAborted(opts.signal);
+      const stepEnd = Math.min(to, alignUp(pos + step, md.clusterSize));
+      const runs = await preallocateClusters(md, pos, stepEnd);
+      for (const [host, bytes] of runs) {
+        if (opts.prealloc === "falloc") {
+          await md.file.allocate(host, bytes);
+        } else if (opts.prealloc === "full") {
+          await fillWithZeros(md.file, host, bytes, { signal: opts.signal, point: "prealloc_write" });
         }
+        md.noteWrite();
       }
-      md.noteWrite();
+      unflushed += stepEnd - pos;
+      if (unflushed >= PREALLOC_FLUSH_BYTES) {
+        await md.flush();
+        await md.trimCaches(); // a terabyte preallocation must not keep every L2 table it wrote
+        unflushed = 0;
+      }
+      pos = stepEnd;
+      opts.onProgress?.(pos - from, total, "preallocate");
     }
-    await md.flush();
-    pos = stepEnd;
-    opts.onProgress?.(pos - from, total, "preallocate");
+  } catch (err) {
+    // Cancelled between (or inside) steps: the finished steps' metadata is consistent; make it durable.
+    if (err instanceof EngineError && (err.code === "CANCELLED" || err.code === "DEADLINE_EXCEEDED"))
+      await md.flush();
+    throw err;
   }
+  await md.flush();
+}
+
+/**
+ * Guest bytes per preallocation step: at least PREALLOC_MIN_STEPS steps so a job shows progress,
+ * at most PREALLOC_MAX_STEP bytes so cancellation stays prompt, whole clusters.
+ */
+function preallocStep(total: number, clusterSize: number): number {
+  return Math.max(
+    clusterSize,
+    Math.min(PREALLOC_MAX_STEP, alignUp(Math.ceil(total / PREALLOC_MIN_STEPS), clusterSize)),
+  );
 }
 
 /** A host I/O failure (errno or failed fsync), as opposed to a refused request or detected corruption. */

@@ -206,15 +206,37 @@ export class RefcountManager {
         });
       }
       this.allocEnd += count * cs;
-      let taken = 0;
-      for (; taken < count; taken++) {
-        if ((await this.update(offset + taken * cs, 1)) !== 1) break;
-      }
+      const taken = await this.claimFresh(offset, count);
       if (taken === count) return offset;
-      // Undo the partial run (refcounts we just raised) and the stale cluster's extra increment.
-      for (let i = 0; i <= taken; i++) await this.update(offset + i * cs, -1);
+      // Undo the partial run; the stale cluster after it keeps its count and stays behind allocEnd.
+      for (let i = 0; i < taken; i++) await this.update(offset + i * cs, -1);
       this.allocEnd = Math.max(this.allocEnd, offset + (taken + 1) * cs);
     }
+  }
+
+  /**
+   * Raises the refcounts of up to `count` clusters from `offset` from 0 to 1, one refcount block at a
+   * time (preallocating gigabytes claims tens of thousands of clusters; one update() each dominated
+   * it). Stops before the first cluster whose refcount is not 0 and returns how many it claimed.
+   */
+  private async claimFresh(offset: number, count: number): Promise<number> {
+    const cs = this.layout.clusterSize;
+    let taken = 0;
+    while (taken < count) {
+      const { tableIndex, blockIndex } = refcountIndexOf(this.layout, offset + taken * cs);
+      if (tableIndex >= this.tableEntries) await this.growTable(tableIndex + 1);
+      const block = (await this.loadBlock(tableIndex)) ?? (await this.createBlock(tableIndex));
+      const n = Math.min(count - taken, this.layout.refcountsPerBlock - blockIndex);
+      let k = 0;
+      while (k < n && getRefcountEntry(block, blockIndex + k, this.bits) === 0) {
+        setRefcountEntry(block, blockIndex + k, this.bits, 1);
+        k++;
+      }
+      if (k > 0) this.blocks.markDirty(this.blockOffset(tableIndex));
+      taken += k;
+      if (k < n) break;
+    }
+    return taken;
   }
 
   /** Schedules a decrement for `count` clusters starting at `hostOffset` (applied after references are durable). */

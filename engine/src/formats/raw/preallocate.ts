@@ -1,16 +1,18 @@
+import { fillWithZeros } from "../../core/zero-fill.js";
 import { EngineError, throwIfAborted } from "../../errors.js";
 import type { HostFile } from "../../host/host-file.js";
 import type { PreallocMode, ProgressFn } from "../../types.js";
 
 /**
  * fallocate in bounded chunks: one posix_fallocate of the whole range is all-or-nothing, with no
- * progress and no cancel. 256 MiB keeps the call count small (~3 ms/GiB on ext4) while checking the
- * signal often enough.
+ * progress and no cancel. At most 256 MiB keeps the call count small (~3 ms/GiB on ext4) while
+ * checking the signal often enough; at least FALLOC_MIN_STEPS chunks lets a job show progress in steps.
  */
 export const FALLOC_CHUNK = 256 * 1024 * 1024;
-/** Zero writes for "full": large buffers, a few in flight. */
+export const FALLOC_MIN_STEPS = 16;
+const FALLOC_ALIGN = 1024 * 1024;
+/** Smallest step of "full" preallocation (steps are sized like fallocate chunks otherwise). */
 export const FULL_CHUNK = 4 * 1024 * 1024;
-export const FULL_IN_FLIGHT = 4;
 
 export interface PreallocateOptions {
   signal?: AbortSignal | undefined;
@@ -46,10 +48,14 @@ async function fallocateChunks(
   opts: PreallocateOptions,
 ): Promise<void> {
   const total = to - from;
+  const chunk = Math.max(
+    FALLOC_ALIGN,
+    Math.min(FALLOC_CHUNK, Math.ceil(total / FALLOC_MIN_STEPS / FALLOC_ALIGN) * FALLOC_ALIGN),
+  );
   opts.onProgress?.(0, total, "preallocate");
-  for (let pos = from; pos < to; pos += FALLOC_CHUNK) {
+  for (let pos = from; pos < to; pos += chunk) {
     throwIfAborted(opts.signal);
-    const length = Math.min(FALLOC_CHUNK, to - pos);
+    const length = Math.min(chunk, to - pos);
     await file.allocate(pos, length);
     opts.onProgress?.(pos + length - from, total, "preallocate");
   }
@@ -62,29 +68,15 @@ async function writeZeroChunks(
   opts: PreallocateOptions,
 ): Promise<void> {
   const total = to - from;
-  const zeros = new Uint8Array(FULL_CHUNK);
-  let next = from;
-  let done = 0;
-  let failure: unknown;
-  opts.onProgress?.(0, total, "preallocate");
-  // A few writers share one cursor: each takes the next chunk, so up to FULL_IN_FLIGHT writes overlap
-  // while progress stays monotonic (it counts completed bytes).
-  const writer = async (): Promise<void> => {
-    while (next < to && failure === undefined) {
-      throwIfAborted(opts.signal);
-      const pos = next;
-      const length = Math.min(FULL_CHUNK, to - pos);
-      next += length;
-      await file.write(pos, zeros.subarray(0, length));
-      done += length;
-      opts.onProgress?.(done, total, "preallocate");
-    }
-  };
-  const writers = Array.from({ length: FULL_IN_FLIGHT }, () =>
-    writer().catch((error: unknown) => {
-      failure ??= error;
-    }),
+  const step = Math.max(
+    FULL_CHUNK,
+    Math.min(FALLOC_CHUNK, Math.ceil(total / FALLOC_MIN_STEPS / FULL_CHUNK) * FULL_CHUNK),
   );
-  await Promise.all(writers);
-  if (failure !== undefined) throw EngineError.from(failure);
+  opts.onProgress?.(0, total, "preallocate");
+  for (let pos = from; pos < to; pos += step) {
+    throwIfAborted(opts.signal);
+    const length = Math.min(step, to - pos);
+    await fillWithZeros(file, pos, length, { signal: opts.signal });
+    opts.onProgress?.(pos + length - from, total, "preallocate");
+  }
 }

@@ -1537,8 +1537,10 @@ export const JobServiceService = {
     responseDeserialize: (value: Buffer): ListJobsResponse => ListJobsResponse.decode(value),
   },
   /**
-   * Streams a job's snapshots (coalesced, latest wins, at most ~10 per second) until it ends. A failed
-   * job does not fail this call: the stream ends OK after the terminal snapshot, which carries `error`.
+   * Streams a job's snapshots (coalesced, latest wins, at most ~10 per second, plus the snapshot at
+   * which progress reaches each further 10 % of the total) until it ends; done_bytes never decreases
+   * along the stream. A failed job does not fail this call: the stream ends OK after the terminal
+   * snapshot, which carries `error`.
    */
   watchJob: {
     path: "/vdisk.v1.JobService/WatchJob" as const,
@@ -1570,8 +1572,10 @@ export interface JobServiceServer extends UntypedServiceImplementation {
   /** Lists jobs, newest first, with optional filters. */
   listJobs: handleUnaryCall<ListJobsRequest, ListJobsResponse>;
   /**
-   * Streams a job's snapshots (coalesced, latest wins, at most ~10 per second) until it ends. A failed
-   * job does not fail this call: the stream ends OK after the terminal snapshot, which carries `error`.
+   * Streams a job's snapshots (coalesced, latest wins, at most ~10 per second, plus the snapshot at
+   * which progress reaches each further 10 % of the total) until it ends; done_bytes never decreases
+   * along the stream. A failed job does not fail this call: the stream ends OK after the terminal
+   * snapshot, which carries `error`.
    */
   watchJob: handleServerStreamingCall<WatchJobRequest, JobEvent>;
   /**
@@ -1615,8 +1619,10 @@ export interface JobServiceClient extends Client {
     callback: (error: ServiceError | null, response: ListJobsResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Streams a job's snapshots (coalesced, latest wins, at most ~10 per second) until it ends. A failed
-   * job does not fail this call: the stream ends OK after the terminal snapshot, which carries `error`.
+   * Streams a job's snapshots (coalesced, latest wins, at most ~10 per second, plus the snapshot at
+   * which progress reaches each further 10 % of the total) until it ends; done_bytes never decreases
+   * along the stream. A failed job does not fail this call: the stream ends OK after the terminal
+   * snapshot, which carries `error`.
    */
   watchJob(request: WatchJobRequest, options?: Partial<CallOptions>): ClientReadableStream<JobEvent>;
   watchJob(

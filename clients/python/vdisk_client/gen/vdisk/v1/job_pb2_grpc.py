@@ -60,8 +60,10 @@ class JobServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def WatchJob(self, request, context):
-        """Streams a job's snapshots (coalesced, latest wins, at most ~10 per second) until it ends. A failed
-        job does not fail this call: the stream ends OK after the terminal snapshot, which carries `error`.
+        """Streams a job's snapshots (coalesced, latest wins, at most ~10 per second, plus the snapshot at
+        which progress reaches each further 10 % of the total) until it ends; done_bytes never decreases
+        along the stream. A failed job does not fail this call: the stream ends OK after the terminal
+        snapshot, which carries `error`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
