@@ -641,7 +641,8 @@ export class VdiskClient {
     // HTTP/2 stream would stay open and the server would keep its admission slot until the connection closes.
     return (async function* () {
       const stop = new AbortController();
-      const signal = options?.signal === undefined ? stop.signal : AbortSignal.any([options.signal, stop.signal]);
+      const signal =
+        options?.signal === undefined ? stop.signal : AbortSignal.any([options.signal, stop.signal]);
       try {
         yield* readPieces(data.readVolume(request, { signal }));
       } finally {
