@@ -6,7 +6,13 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
 import { createVdiskClient, GiB, MiB, type VdiskClient } from "@vdisk/sdk";
 import { afterAll, describe, expect, it } from "vitest";
-import { readMemory, type ServerProcess, sampleMemory, spawnServer } from "./server-process.js";
+import {
+  readCpuSeconds,
+  readMemory,
+  type ServerProcess,
+  sampleMemory,
+  spawnServer,
+} from "./server-process.js";
 import { percentile, slope } from "./stats.js";
 import {
   probeGetVolume,
@@ -165,6 +171,7 @@ describe("load", () => {
       await setup.createVolume({ name: "load-slow", format: "raw", capacityBytes: SLOW_VOLUME_BYTES }).result;
       const pid = server.child.pid as number;
       const baseline = await readMemory(pid);
+      const cpuBefore = await readCpuSeconds(pid);
 
       // Uploads and downloads on separate connections: see UPLOAD_CONNECTIONS.
       const uploadClients = Array.from({ length: UPLOAD_CONNECTIONS }, connect);
@@ -196,6 +203,7 @@ describe("load", () => {
       const elapsed = (performance.now() - started) / 1000;
       const samples = await memory.stop();
       const after = await readMemory(pid);
+      const serverCpuSeconds = (await readCpuSeconds(pid)) - cpuBefore;
 
       // Every cancelled or finished call gave its admission slot back: each volume admits its full quota again.
       const leakedSlots = await admissionAfterLoad(downloadClients, volumes);
@@ -238,6 +246,11 @@ describe("load", () => {
           p99: ms(percentile(latenciesMs, 99)),
           max: ms(Math.max(...latenciesMs)),
         },
+        // Share of one core the server got during the run: on a shared VM, latency follows from it.
+        serverCpu: {
+          seconds: Math.round(serverCpuSeconds * 10) / 10,
+          coresUsed: Math.round((serverCpuSeconds / elapsed) * 100) / 100,
+        },
         serverMemoryMiB: {
           baselineRss: mib(baseline.rssBytes),
           peakRss: mib(peak),
@@ -261,7 +274,7 @@ describe("load", () => {
           )} | MiB read=${report.bytesMiB.read} written=${report.bytesMiB.written} slow=${report.bytesMiB.slowRead}` +
           ` | rejections ${rejections} | unexpected ${unexpected.length} | GetVolume p50/p95/p99 ` +
           `${report.getVolumeLatencyMs.p50}/${report.getVolumeLatencyMs.p95}/${report.getVolumeLatencyMs.p99} ms (${timedOut} timed out)` +
-          ` | server RSS base ${report.serverMemoryMiB.baselineRss} peak ${report.serverMemoryMiB.peakRss}` +
+          ` | server CPU ${report.serverCpu.coresUsed} cores | server RSS base ${report.serverMemoryMiB.baselineRss} peak ${report.serverMemoryMiB.peakRss}` +
           ` MiB, 2nd-half trend ${report.serverMemoryMiB.secondHalfTrend} MiB | report ${reportPath}`,
       );
 

@@ -99,3 +99,12 @@ export function sampleMemory(pid: number, intervalMs: number): { stop(): Promise
     },
   };
 }
+
+/** CPU time (user + system) a process has used so far, in seconds, from /proc/PID/stat (Linux). */
+export async function readCpuSeconds(pid: number): Promise<number> {
+  const text = await readFile(`/proc/${pid}/stat`, "utf8");
+  // Fields after the parenthesised command name (which may contain spaces); utime and stime are the 12th and
+  // 13th of them, in clock ticks (USER_HZ, 100 on Linux).
+  const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
