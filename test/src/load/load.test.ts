@@ -53,9 +53,9 @@ const CHECK_STREAMS = 4;
 /**
  * Bulk uploads (WriteVolume) and bulk downloads (ReadVolume) never share a connection. With the large HTTP/2
  * windows both sides use (server 8/32 MiB, SDK 4/32 MiB), one connection carrying bulk data both ways can fill
- * both sockets' send buffers; Node's http2 stops reading a socket while one of its own writes is pending
- * (its CVE-2019-9511/9517 mitigation), so both peers stop reading and the connection hangs for good. The first
- * runs of this test hung 3 of 4 mixed connections within seconds (docs/operations.md "Load").
+ * both sockets' send buffers, and Node's http2 stops reading a socket while one of its own writes is pending
+ * (its CVE-2019-9511/9517 mitigation): most likely why the first runs of this test hung 3 of 4 mixed
+ * connections for good within seconds, while separate connections never hung (docs/operations.md "Load").
  */
 const UPLOAD_CONNECTIONS = 2;
 const DOWNLOAD_CONNECTIONS = 3;
