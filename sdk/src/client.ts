@@ -636,7 +636,19 @@ export class VdiskClient {
       chunkSize: options?.chunkSize === undefined ? 0 : toUint32(options.chunkSize, "chunkSize"),
       sparse: options?.sparse ?? true,
     };
-    return readPieces(this.raw.data.readVolume(request, { signal: options?.signal }));
+    const data = this.raw.data;
+    // Leaving the loop early (break, return, throw) must cancel the call: connect only stops reading, so the
+    // HTTP/2 stream would stay open and the server would keep its admission slot until the connection closes.
+    return (async function* () {
+      const stop = new AbortController();
+      const signal =
+        options?.signal === undefined ? stop.signal : AbortSignal.any([options.signal, stop.signal]);
+      try {
+        yield* readPieces(data.readVolume(request, { signal }));
+      } finally {
+        stop.abort();
+      }
+    })();
   }
 
   /**

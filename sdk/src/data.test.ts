@@ -114,6 +114,23 @@ describe("readVolume and writeVolume", () => {
     ]);
   });
 
+  it("readVolume cancels the call when the consumer stops iterating early", async () => {
+    let serverSignal: AbortSignal | undefined;
+    const transport = createRouterTransport(({ service }) => {
+      service(DataService, {
+        async *readVolume(_req, ctx) {
+          serverSignal = ctx.signal;
+          for (let offset = 0n; !ctx.signal.aborted; offset += 4096n) {
+            yield { payload: { case: "zero", value: { offset, length: 4096n } } };
+            await new Promise((resolve) => setTimeout(resolve, 5));
+          }
+        },
+      });
+    });
+    for await (const _ of createVdiskClient({ transport }).readVolume("disk1")) break;
+    await expect.poll(() => serverSignal?.aborted, { timeout: 2000 }).toBe(true);
+  });
+
   it("writeVolume opens, splits large data into 1 MiB messages, and reports the response", async () => {
     const received: WriteVolumeRequest["payload"][] = [];
     const transport = createRouterTransport(({ service }) => {
