@@ -1,3 +1,4 @@
+import { sharedZeroBuffer } from "../../core/zero-buffer.js";
 import {
   assertNoMetadataOverlap,
   classifyCluster,
@@ -139,27 +140,24 @@ export async function planConcurrentWrite(
   for (const p of pieces) {
     const cluster = p.inPlace ? p.old.hostOffset : (clusterOf.get(p) as number);
     const cow = !p.inPlace && p.n < cs;
-    if (cow) {
-      // The copy-on-write area reads as zeros. It is still written (not left a hole, nor fallocated,
-      // which ext4 reports as a hole too): blockStatus reports holes inside data clusters as zeros,
-      // where QEMU's map reports the whole cluster as data.
-      const full = Buffer.alloc(cs);
-      full.set(p.slice, p.pos % cs);
-      p.slice = full;
-      p.pos -= p.pos % cs;
-    }
-    const host = cluster + (p.pos % cs);
+    // The copy-on-write area reads as zeros. It is still written (not left a hole, nor fallocated,
+    // which ext4 reports as a hole too): blockStatus reports holes inside data clusters as zeros,
+    // where QEMU's map reports the whole cluster as data. The shared zero buffer pads it.
+    const within = p.pos % cs;
+    const buffers = cow ? zeroPadded(p.slice, within, cs) : [p.slice];
+    const host = cluster + (cow ? 0 : within);
+    const length = cow ? cs : p.n;
     if (!p.inPlace) {
       const t = tables.get(p.l1Index) as { table: Buffer; offset: number };
       links.push({ table: t.table, tableOffset: t.offset, index: p.index, cluster, old: p.old });
     }
     if (group && host === group.end) {
-      group.buffers.push(p.slice);
-      group.end += p.slice.length;
+      group.buffers.push(...buffers);
+      group.end += length;
       group.cow ||= cow;
       continue;
     }
-    group = { start: host, end: host + p.slice.length, buffers: [p.slice], cow };
+    group = { start: host, end: host + length, buffers, cow };
     groups.push(group);
   }
   for (const g of groups) await assertNoMetadataOverlap(md, g.start, g.end - g.start);
@@ -177,6 +175,22 @@ export async function planConcurrentWrite(
       for (const t of tables.values()) md.l2.unpin(t.offset);
     },
   };
+}
+
+/** `slice` at `within` of a cluster, the rest zeros (read-only views of the shared zero buffer). */
+function zeroPadded(slice: Uint8Array, within: number, cs: number): Uint8Array[] {
+  const zeros = sharedZeroBuffer();
+  if (cs > zeros.length) {
+    const full = Buffer.alloc(cs);
+    full.set(slice, within);
+    return [full];
+  }
+  const tail = cs - within - slice.length;
+  const parts: Uint8Array[] = [];
+  if (within > 0) parts.push(zeros.subarray(0, within));
+  parts.push(slice);
+  if (tail > 0) parts.push(zeros.subarray(0, tail));
+  return parts;
 }
 
 /** Writes the data (no lock held), then links the new clusters. A failure leaves only leaked clusters. */
