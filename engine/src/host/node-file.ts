@@ -21,6 +21,7 @@ import {
   fallocateSync,
   isUnsupportedErrno,
   ofdTestLock,
+  readCachedSync,
   SEEK_DATA,
   SEEK_HOLE,
   seek,
@@ -42,6 +43,12 @@ const MAX_IO_CHUNK = 1 << 30;
 /** O_TMPFILE is __O_TMPFILE | O_DIRECTORY; O_DIRECTORY differs between architectures, Node knows it. */
 const O_TMPFILE = 0o20000000 | fsConstants.O_DIRECTORY;
 const PROBE_LENGTH = 4096;
+/**
+ * Reads up to this size first try the page cache on the calling thread (preadv2 RWF_NOWAIT): small
+ * requests otherwise pay a threadpool round trip each (performance.md 5.2), while copying this much from
+ * the cache holds the event loop for a few microseconds only.
+ */
+const CACHED_READ_MAX = 256 * 1024;
 
 export async function openHostFile(path: string, opts: OpenHostFileOptions): Promise<HostFile> {
   if (opts.readOnly && opts.create !== undefined) {
@@ -131,6 +138,8 @@ class NodeHostFile implements HostFile {
   private readonly datasyncOverride: ((fd: number) => Promise<void>) | undefined;
   private fsyncFailure: unknown = undefined;
   private lockMode: LockMode | null = null;
+  /** Cleared once the kernel refuses non-blocking buffered reads for this file. */
+  private cachedReads = true;
 
   constructor(
     handle: FileHandle,
@@ -154,6 +163,13 @@ class NodeHostFile implements HostFile {
 
   async read(offset: number, into: Uint8Array, opts?: IoOptions): Promise<number> {
     checkRange(offset, into.length);
+    if (this.cachedReads && into.length > 0 && into.length <= CACHED_READ_MAX) {
+      throwIfAborted(opts?.signal);
+      const n = readCachedSync(this.handle.fd, into, offset);
+      if (n === into.length) return n;
+      if (n === "unsupported") this.cachedReads = false;
+      // A miss, a partly cached range or end of file: the threadpool read below answers.
+    }
     let done = 0;
     try {
       while (done < into.length) {
