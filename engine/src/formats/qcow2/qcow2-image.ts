@@ -72,6 +72,7 @@ export class Qcow2Image implements BlockImage {
   readonly limits: Limits;
   private readonly lock = new Mutex();
   private lastInflated: { offset: number; data: Buffer } | undefined;
+  private metadataPreallocation: Promise<boolean> | undefined;
   private closed = false;
 
   constructor(
@@ -406,9 +407,12 @@ export class Qcow2Image implements BlockImage {
     });
   }
 
-  /** Like QEMU, a data run whose host range is a hole in the file also reads as zero. */
+  /**
+   * Like QEMU, a data run whose host range is a hole in the file also reads as zero — but only when
+   * the image looks metadata-preallocated (QEMU asks the file only then).
+   */
   private async normalRunStatus(m: HostMapping): Promise<LayerStatus> {
-    if (!this.file.capabilities.seekData)
+    if (!this.file.capabilities.seekData || !(await this.looksMetadataPreallocated()))
       return { length: m.bytes, allocated: true, data: true, zero: false, hostOffset: m.hostOffset };
     const dataAt = await this.file.seekData(m.hostOffset);
     if (dataAt === null || dataAt > m.hostOffset) {
@@ -486,6 +490,23 @@ export class Qcow2Image implements BlockImage {
       });
     }
     if (wholeEnd < end) await this.writeZeroBuffers(wholeEnd, end - wholeEnd);
+  }
+
+  /**
+   * QEMU's qcow2_detect_metadata_preallocation, decided once per open as QEMU does: noticeably more
+   * clusters in use than the file has allocated. Data clusters with holes (new clusters written only
+   * where the guest wrote) then make QEMU look at the file's holes too; otherwise it reports them as data.
+   */
+  private looksMetadataPreallocated(): Promise<boolean> {
+    this.metadataPreallocation ??= (async () => {
+      const cs = this.md.clusterSize;
+      const fileLength = await this.file.size();
+      const realClusters = Math.floor((await this.file.allocatedBytes()) / cs);
+      const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2);
+      const endCluster = Math.ceil(fileLength / cs);
+      return (await this.md.refcounts.countInUse(endCluster, threshold)) >= threshold;
+    })().catch(() => false);
+    return this.metadataPreallocation;
   }
 
   /** Moves the L1 table to a larger one: new table written and synced before the header switches to it. */
