@@ -1,4 +1,3 @@
-import { sharedZeroBuffer } from "../../core/zero-buffer.js";
 import {
   assertNoMetadataOverlap,
   classifyCluster,
@@ -19,7 +18,8 @@ import type { Qcow2Metadata } from "./metadata.js";
  * writes metadata, and it syncs every completed data write before it writes an L2 table.
  *
  * A new cluster that only part of the request covers needs copy-on-write of the rest; here that rest
- * reads as zeros (no backing, or a zero cluster), so no read is needed. Requests that need real
+ * reads as zeros (no backing, or a zero cluster) and the new cluster lies past the end of the file, so
+ * nothing needs copying or zeroing. Requests that need real
  * copy-on-write (backing data, shared or compressed clusters, preallocated zero clusters, extended L2
  * subclusters) take the serialised path.
  */
@@ -129,7 +129,11 @@ export async function planConcurrentWrite(
     let j = k;
     while (j < pieces.length && !pieces[j]?.inPlace) j++;
     const run = pieces.slice(k, j);
-    const base = await md.refcounts.allocate(run.length);
+    // A partial piece leaves the rest of its cluster unwritten, which must read as zeros: only clusters
+    // never used before, past the end of the file, do (reused ones may hold old data).
+    const base = run.some((p) => p.n < cs)
+      ? await md.refcounts.allocateFresh(run.length)
+      : await md.refcounts.allocate(run.length);
     for (const [r, p] of run.entries()) clusterOf.set(p, base + r * cs);
     k = j;
   }
@@ -140,13 +144,11 @@ export async function planConcurrentWrite(
   for (const p of pieces) {
     const cluster = p.inPlace ? p.old.hostOffset : (clusterOf.get(p) as number);
     const cow = !p.inPlace && p.n < cs;
-    // The copy-on-write area reads as zeros. It is still written (not left a hole, nor fallocated,
-    // which ext4 reports as a hole too): blockStatus reports holes inside data clusters as zeros,
-    // where QEMU's map reports the whole cluster as data. The shared zero buffer pads it.
-    const within = p.pos % cs;
-    const buffers = cow ? zeroPadded(p.slice, within, cs) : [p.slice];
-    const host = cluster + (cow ? 0 : within);
-    const length = cow ? cs : p.n;
+    // The copy-on-write area of a fresh cluster past the end of the file already reads as zeros: only
+    // the request's bytes are written (QEMU instead zeroes the cluster with fallocate first).
+    const host = cluster + (p.pos % cs);
+    const buffers = [p.slice];
+    const length = p.n;
     if (!p.inPlace) {
       const t = tables.get(p.l1Index) as { table: Buffer; offset: number };
       links.push({ table: t.table, tableOffset: t.offset, index: p.index, cluster, old: p.old });
@@ -175,22 +177,6 @@ export async function planConcurrentWrite(
       for (const t of tables.values()) md.l2.unpin(t.offset);
     },
   };
-}
-
-/** `slice` at `within` of a cluster, the rest zeros (read-only views of the shared zero buffer). */
-function zeroPadded(slice: Uint8Array, within: number, cs: number): Uint8Array[] {
-  const zeros = sharedZeroBuffer();
-  if (cs > zeros.length) {
-    const full = Buffer.alloc(cs);
-    full.set(slice, within);
-    return [full];
-  }
-  const tail = cs - within - slice.length;
-  const parts: Uint8Array[] = [];
-  if (within > 0) parts.push(zeros.subarray(0, within));
-  parts.push(slice);
-  if (tail > 0) parts.push(zeros.subarray(0, tail));
-  return parts;
 }
 
 /** Writes the data (no lock held), then links the new clusters. A failure leaves only leaked clusters. */

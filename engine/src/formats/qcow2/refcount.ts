@@ -103,7 +103,8 @@ export class RefcountManager {
       const block = await this.loadBlock(first / perBlock);
       if (!block) continue;
       const end = Math.min(endCluster - first, perBlock);
-      for (let i = 0; i < end && count < stopAt; i++) if (getRefcountEntry(block, i, this.bits) !== 0) count++;
+      for (let i = 0; i < end && count < stopAt; i++)
+        if (getRefcountEntry(block, i, this.bits) !== 0) count++;
     }
     return count;
   }
