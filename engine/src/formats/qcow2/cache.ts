@@ -5,6 +5,8 @@ interface CacheEntry {
   dirty: boolean;
   /** Installed and never written yet: its first write is an allocation, not an update. */
   fresh: boolean;
+  /** Requests in flight that will still change this table (never evicted while > 0). */
+  pins: number;
 }
 
 /** Write point names (IoOptions.point) for a cache's first write of a new table and for later updates. */
@@ -19,7 +21,8 @@ export interface CachePoints {
  * (Qcow2Metadata.flush), which is where the crash-ordering rules live — refcount blocks before the
  * tables that reference new clusters, L2 before L1, decrements only after references are durable.
  * Entries are only evicted between top-level operations (`trim`), so a table buffer obtained inside
- * an operation stays the cached one until the operation ends.
+ * an operation stays the cached one until the operation ends; a request that changes a table after its
+ * lock is released (an allocating write linking its L2 entry once the data is written) pins it.
  */
 export class MetadataCache {
   private readonly entries = new Map<number, CacheEntry>();
@@ -47,8 +50,24 @@ export class MetadataCache {
     await this.file.readFull(offset, data);
     const again = this.entries.get(offset); // a concurrent miss may have loaded it meanwhile
     if (again) return again.data;
-    this.entries.set(offset, { data, dirty: false, fresh: false });
+    this.entries.set(offset, { data, dirty: false, fresh: false, pins: 0 });
     return data;
+  }
+
+  /** The cached table at `offset`, or undefined — never reads, never reorders (lock-free lookups). */
+  peek(offset: number): Buffer | undefined {
+    return this.entries.get(offset)?.data;
+  }
+
+  pin(offset: number): void {
+    const e = this.entries.get(offset);
+    if (!e) throw new Error(`metadata cache: pinning an uncached table (${offset})`);
+    e.pins++;
+  }
+
+  unpin(offset: number): void {
+    const e = this.entries.get(offset);
+    if (e && e.pins > 0) e.pins--;
   }
 
   /** Installs a table that does not exist on disk yet (zero-filled or a copy), marked dirty. */
@@ -56,7 +75,7 @@ export class MetadataCache {
     const data = Buffer.alloc(this.tableBytes);
     if (contents) data.set(contents.subarray(0, this.tableBytes));
     this.entries.delete(offset);
-    this.entries.set(offset, { data, dirty: true, fresh: true });
+    this.entries.set(offset, { data, dirty: true, fresh: true, pins: 0 });
     return data;
   }
 
@@ -80,26 +99,45 @@ export class MetadataCache {
     return false;
   }
 
-  /** Writes all dirty tables, coalescing tables adjacent on disk into one request. Returns whether it wrote. */
+  /**
+   * Writes all dirty tables, coalescing tables adjacent on disk into one request. Returns whether it wrote.
+   * The tables are copied and marked clean synchronously, before the first write: an entry changed while
+   * the writes are in flight (a write linking its new cluster) is not in this write-back — whose data
+   * barrier came before that cluster's data — and leaves its table dirty for the next one.
+   */
   async writeDirty(): Promise<boolean> {
     const dirty = [...this.entries.entries()].filter(([, e]) => e.dirty).sort((a, b) => a[0] - b[0]);
     if (dirty.length === 0) return false;
+    const groups: Array<{ start: number; buffers: Buffer[]; fresh: boolean }> = [];
     let group: { start: number; buffers: Buffer[]; fresh: boolean } | undefined;
-    const writeGroup = async (g: { start: number; buffers: Buffer[]; fresh: boolean }) => {
-      await this.file.writev(g.start, g.buffers, { point: g.fresh ? this.points.alloc : this.points.update });
-    };
     for (const [offset, entry] of dirty) {
-      if (group && offset === group.start + group.buffers.length * this.tableBytes && entry.fresh === group.fresh) {
-        group.buffers.push(entry.data);
+      const copy = Buffer.from(entry.data);
+      const fresh = entry.fresh;
+      entry.dirty = false;
+      entry.fresh = false;
+      if (group && offset === group.start + group.buffers.length * this.tableBytes && fresh === group.fresh) {
+        group.buffers.push(copy);
         continue;
       }
-      if (group) await writeGroup(group);
-      group = { start: offset, buffers: [entry.data], fresh: entry.fresh };
+      group = { start: offset, buffers: [copy], fresh };
+      groups.push(group);
     }
-    if (group) await writeGroup(group);
-    for (const [, e] of dirty) {
-      e.dirty = false;
-      e.fresh = false;
+    try {
+      for (const g of groups)
+        await this.file.writev(g.start, g.buffers, {
+          point: g.fresh ? this.points.alloc : this.points.update,
+        });
+    } catch (err) {
+      // Not written: still dirty (the handle stops writing after a host failure, but close must not lie).
+      for (const g of groups) {
+        for (let k = 0; k < g.buffers.length; k++) {
+          const e = this.entries.get(g.start + k * this.tableBytes);
+          if (!e) continue;
+          e.dirty = true;
+          e.fresh ||= g.fresh;
+        }
+      }
+      throw err;
     }
     return true;
   }
@@ -113,7 +151,7 @@ export class MetadataCache {
     if (this.entries.size <= this.maxEntries) return;
     for (const [offset, e] of this.entries) {
       if (this.entries.size <= this.maxEntries) break;
-      if (!e.dirty) this.entries.delete(offset);
+      if (!e.dirty && e.pins === 0) this.entries.delete(offset);
     }
   }
 

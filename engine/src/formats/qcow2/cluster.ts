@@ -21,7 +21,7 @@ export interface HostMapping {
   compressed?: CompressedExtent;
 }
 
-const FULL_MASK = 0xffff_ffff;
+export const FULL_MASK = 0xffff_ffff;
 
 /** Reads entry `index` of an L2 table (and its subcluster bitmap with extended L2). */
 export function readL2Raw(
@@ -37,7 +37,7 @@ export function readL2Raw(
   return { hi, lo, alloc: 0, zero: 0 };
 }
 
-function writeL2Raw(
+export function writeL2Raw(
   md: Qcow2Metadata,
   table: Buffer,
   index: number,
@@ -85,7 +85,7 @@ function classifyAt(md: Qcow2Metadata, table: Buffer, index: number, subcluster:
 }
 
 /** Classifies the whole cluster at `index` for write planning (subcluster 0 plus the raw bitmap). */
-function classifyCluster(
+export function classifyCluster(
   md: Qcow2Metadata,
   table: Buffer,
   index: number,
@@ -144,16 +144,35 @@ export async function getHostOffset(
   offset: number,
   maxBytes: number,
 ): Promise<HostMapping> {
-  const layout = md.layout;
-  let l1Index = l1IndexOf(layout, offset);
+  const l1Index = l1IndexOf(md.layout, offset);
   const { l2Offset } = md.l2OffsetAt(l1Index);
-  if (l2Offset === 0) {
-    // Coalesce consecutive empty L1 entries: big sparse images are answered in a few steps.
-    let bytes = (l1Index + 1) * layout.l2Coverage - offset;
-    while (bytes < maxBytes && md.l2OffsetAt(++l1Index).l2Offset === 0) bytes += layout.l2Coverage;
-    return { type: "unallocated", bytes: Math.min(bytes, maxBytes), hostOffset: 0 };
-  }
-  const table = await md.l2.get(l2Offset);
+  if (l2Offset === 0) return unallocatedRun(md, l1Index, offset, maxBytes);
+  return mapInTable(md, await md.l2.get(l2Offset), offset, maxBytes);
+}
+
+/** getHostOffset without I/O: undefined when the L2 table is not cached (the caller takes the slow path). */
+export function getHostOffsetCached(
+  md: Qcow2Metadata,
+  offset: number,
+  maxBytes: number,
+): HostMapping | undefined {
+  const l1Index = l1IndexOf(md.layout, offset);
+  const { l2Offset } = md.l2OffsetAt(l1Index);
+  if (l2Offset === 0) return unallocatedRun(md, l1Index, offset, maxBytes);
+  const table = md.l2.peek(l2Offset);
+  return table && mapInTable(md, table, offset, maxBytes);
+}
+
+/** Coalesces consecutive empty L1 entries: big sparse images are answered in a few steps. */
+function unallocatedRun(md: Qcow2Metadata, l1Index: number, offset: number, maxBytes: number): HostMapping {
+  const coverage = md.layout.l2Coverage;
+  let bytes = (l1Index + 1) * coverage - offset;
+  while (bytes < maxBytes && md.l2OffsetAt(++l1Index).l2Offset === 0) bytes += coverage;
+  return { type: "unallocated", bytes: Math.min(bytes, maxBytes), hostOffset: 0 };
+}
+
+function mapInTable(md: Qcow2Metadata, table: Buffer, offset: number, maxBytes: number): HostMapping {
+  const layout = md.layout;
   const g = layout.subclusterSize;
   const units = layout.subclustersPerCluster;
   let index = l2IndexOf(layout, offset);
@@ -253,7 +272,7 @@ export async function getL2ForWrite(
 }
 
 /** Drops this layer's reference to the host storage of an entry (deferred until the new entry is durable). */
-function releaseHost(md: Qcow2Metadata, e: ClassifiedEntry): void {
+export function releaseHost(md: Qcow2Metadata, e: ClassifiedEntry): void {
   if (e.compressed) {
     const cs = md.clusterSize;
     const first = Math.floor(e.compressed.offset / cs) * cs;
@@ -265,7 +284,11 @@ function releaseHost(md: Qcow2Metadata, e: ClassifiedEntry): void {
 }
 
 /** Refuses writes into clusters that hold metadata (QEMU's overlap check, "cached" mode). */
-async function assertNoMetadataOverlap(md: Qcow2Metadata, hostOffset: number, length: number): Promise<void> {
+export async function assertNoMetadataOverlap(
+  md: Qcow2Metadata,
+  hostOffset: number,
+  length: number,
+): Promise<void> {
   const end = hostOffset + length;
   const h = md.header;
   const ranges: Array<[number, number]> = [

@@ -12,6 +12,7 @@ import {
   serializedHeaderLength,
   serializeHeader,
 } from "./header.js";
+import { InflightIo } from "./inflight.js";
 import { classifyL1Entry, type EntryContext, encodeL1Entry } from "./l2-entry.js";
 import { consecutiveRuns, type Layout, makeLayout } from "./layout.js";
 import { RefcountManager } from "./refcount.js";
@@ -44,6 +45,8 @@ export class Qcow2Metadata {
   corruptDetected = false;
   /** Lazy refcounts in effect: the dirty bit is set before the first metadata change. */
   lazyRefcounts = false;
+  /** Data I/O running outside the image lock. */
+  readonly inflight = new InflightIo();
 
   constructor(
     readonly file: HostFile,
@@ -274,7 +277,11 @@ export class Qcow2Metadata {
       this.noteWrite();
     }
     if (this.l2.hasDirty()) {
-      await this.barrier();
+      // Writes outside the lock may complete (and link their L2 entries) during the barrier: sync again
+      // until none did, so every entry in the write-back below has its data durable.
+      do {
+        await this.barrier();
+      } while (this.unsynced);
       await this.l2.writeDirty();
       this.noteWrite();
     }
@@ -290,6 +297,8 @@ export class Qcow2Metadata {
       await this.refcounts.blocks.writeDirty();
       this.noteWrite();
       await this.barrier();
+      // A read or in-place write that looked the cluster up before it was freed may still be running.
+      await this.inflight.settleCurrent();
       this.refcounts.makeReusable(freed);
     }
     await this.barrier();

@@ -16,6 +16,7 @@ import {
   assertInImage,
   freeClustersFrom,
   getHostOffset,
+  getHostOffsetCached,
   type HostMapping,
   preallocateClusters,
   readAheadL2,
@@ -23,6 +24,7 @@ import {
   zeroClusters,
 } from "./cluster.js";
 import { inflateCluster } from "./compress.js";
+import { planConcurrentWrite, runConcurrentWrite } from "./concurrent-write.js";
 import { unsupported } from "./errors.js";
 import {
   backingFormatOf,
@@ -65,15 +67,18 @@ export function isCorruption(err: unknown): boolean {
 }
 
 /**
- * An open qcow2 layer. Every operation runs under one mutex (QEMU's s->lock); metadata lives in
- * Qcow2Metadata, mapping and allocation in cluster.ts, and this class ties them to the BlockImage
- * contract. Detected corruption sets the corrupt bit and stops further writes.
+ * An open qcow2 layer. Metadata work runs under one mutex (QEMU's s->lock); like QEMU, data I/O of
+ * reads and writes runs outside it (concurrent-write.ts, InflightIo), and operations that rewrite
+ * mappings wholesale wait for the writes in flight first. Metadata lives in Qcow2Metadata, mapping and
+ * allocation in cluster.ts, and this class ties them to the BlockImage contract. Detected corruption
+ * sets the corrupt bit and stops further writes.
  */
 export class Qcow2Image implements BlockImage {
   readonly format = "qcow2" as const;
   readonly limits: Limits;
   private readonly lock = new Mutex();
   private lastInflated: { offset: number; data: Buffer } | undefined;
+  private metadataPreallocation: Promise<boolean> | undefined;
   private closed = false;
 
   constructor(
@@ -117,10 +122,11 @@ export class Qcow2Image implements BlockImage {
    * could make the on-disk image inconsistent; so, as for a failed fsync (reliability.md b.14), the handle
    * stops writing. What is on disk has at most leaks and is used as it is by the next open.
    */
-  private mutating<T>(fn: () => Promise<T>): Promise<T> {
+  private mutating<T>(fn: () => Promise<T>, waitForWrites = true): Promise<T> {
     return this.locked(async () => {
       if (this.md.writeFailure && !this.readOnly) throw writeFailedError(this.md.writeFailure);
       try {
+        if (waitForWrites) await this.md.inflight.drainWrites();
         return await fn();
       } catch (err) {
         if (isHostFailure(err) && !this.readOnly) this.md.writeFailure ??= err;
@@ -138,11 +144,53 @@ export class Qcow2Image implements BlockImage {
   }
 
   read(offset: number, into: Uint8Array, opts?: IoOptions): Promise<void> {
+    if (!this.closed && opts?.signal?.aborted !== true) {
+      const io = this.readConcurrent(offset, into);
+      if (io) return io;
+    }
     return this.locked(async () => {
       throwIfAborted(opts?.signal);
       assertInImage(this.md, offset, into.length);
       await this.readUnlocked(offset, into);
     });
+  }
+
+  /**
+   * The common read without the lock: every mapping is in cached tables and reads as data or zeros.
+   * Returns undefined (nothing read) otherwise, and the locked path answers — errors included.
+   */
+  private readConcurrent(offset: number, into: Uint8Array): Promise<void> | undefined {
+    const md = this.md;
+    if (offset < 0 || offset + into.length > md.header.size) return undefined;
+    const zeroUnallocated = this.backing === undefined && md.header.backingFile === undefined;
+    const reads: Array<{ host: number; part: Uint8Array }> = [];
+    try {
+      for (let done = 0; done < into.length; ) {
+        const m = getHostOffsetCached(md, offset + done, into.length - done);
+        if (!m) return undefined;
+        const part = into.subarray(done, done + m.bytes);
+        if (m.type === "normal") reads.push({ host: m.hostOffset, part });
+        else if (
+          m.type === "zero-plain" ||
+          m.type === "zero-alloc" ||
+          (m.type === "unallocated" && zeroUnallocated)
+        )
+          part.fill(0);
+        else return undefined;
+        done += m.bytes;
+      }
+    } catch {
+      return undefined;
+    }
+    if (reads.length === 0) return Promise.resolve();
+    const first = reads[0] as { host: number; part: Uint8Array };
+    const io =
+      reads.length === 1
+        ? this.file.readFull(first.host, first.part)
+        : (async () => {
+            for (const r of reads) await this.file.readFull(r.host, r.part);
+          })();
+    return md.inflight.track(io, false);
   }
 
   /** Reads this layer's view of the range (used for reads and for copy-on-write sources). */
@@ -202,7 +250,38 @@ export class Qcow2Image implements BlockImage {
     part.fill(0, available);
   }
 
-  write(offset: number, data: Uint8Array, opts?: IoOptions): Promise<void> {
+  async write(offset: number, data: Uint8Array, opts?: IoOptions): Promise<void> {
+    const md = this.md;
+    for (;;) {
+      const plan = await this.mutating(async () => {
+        throwIfAborted(opts?.signal);
+        this.assertWritable();
+        assertInImage(md, offset, data.length);
+        await md.markDirtyIfLazy();
+        await md.trimCaches();
+        this.lastInflated = undefined;
+        const hasBacking = this.backing !== undefined || md.header.backingFile !== undefined;
+        return planConcurrentWrite(md, offset, data, !hasBacking);
+      }, false);
+      if (plan.kind === "wait") {
+        await plan.until;
+        continue;
+      }
+      if (plan.kind === "serialised") return this.writeSerialised(offset, data, opts);
+      try {
+        await md.inflight.track(runConcurrentWrite(md, plan), true);
+      } catch (err) {
+        if (isHostFailure(err)) md.writeFailure ??= err;
+        throw err;
+      }
+      this.lastInflated = undefined;
+      if (opts?.fua) await this.flush();
+      return;
+    }
+  }
+
+  /** Writes needing copy-on-write of real data, with every other write finished first. */
+  private writeSerialised(offset: number, data: Uint8Array, opts?: IoOptions): Promise<void> {
     return this.mutating(async () => {
       throwIfAborted(opts?.signal);
       this.assertWritable();
@@ -337,9 +416,12 @@ export class Qcow2Image implements BlockImage {
     });
   }
 
-  /** Like QEMU, a data run whose host range is a hole in the file also reads as zero. */
+  /**
+   * Like QEMU, a data run whose host range is a hole in the file also reads as zero — but only when
+   * the image looks metadata-preallocated (QEMU asks the file only then).
+   */
   private async normalRunStatus(m: HostMapping): Promise<LayerStatus> {
-    if (!this.file.capabilities.seekData)
+    if (!this.file.capabilities.seekData || !(await this.looksMetadataPreallocated()))
       return { length: m.bytes, allocated: true, data: true, zero: false, hostOffset: m.hostOffset };
     const dataAt = await this.file.seekData(m.hostOffset);
     if (dataAt === null || dataAt > m.hostOffset) {
@@ -419,6 +501,23 @@ export class Qcow2Image implements BlockImage {
     if (wholeEnd < end) await this.writeZeroBuffers(wholeEnd, end - wholeEnd);
   }
 
+  /**
+   * QEMU's qcow2_detect_metadata_preallocation, decided once per open as QEMU does: noticeably more
+   * clusters in use than the file has allocated. Data clusters with holes (new clusters written only
+   * where the guest wrote) then make QEMU look at the file's holes too; otherwise it reports them as data.
+   */
+  private looksMetadataPreallocated(): Promise<boolean> {
+    this.metadataPreallocation ??= (async () => {
+      const cs = this.md.clusterSize;
+      const fileLength = await this.file.size();
+      const realClusters = Math.floor((await this.file.allocatedBytes()) / cs);
+      const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2);
+      const endCluster = Math.ceil(fileLength / cs);
+      return (await this.md.refcounts.countInUse(endCluster, threshold)) >= threshold;
+    })().catch(() => false);
+    return this.metadataPreallocation;
+  }
+
   /** Moves the L1 table to a larger one: new table written and synced before the header switches to it. */
   private async growL1(entries: number): Promise<void> {
     const md = this.md;
@@ -446,11 +545,12 @@ export class Qcow2Image implements BlockImage {
     if (old.bytes > 0 && old.offset !== 0) md.refcounts.free(old.offset, old.bytes / cs);
   }
 
+  /** Makes completed writes durable; writes still in flight are not waited for. */
   flush(opts?: IoOptions): Promise<void> {
     return this.mutating(async () => {
       throwIfAborted(opts?.signal);
       await this.md.flush();
-    });
+    }, false);
   }
 
   check(opts: { repair: RepairMode; signal?: AbortSignal }): Promise<CheckResult> {
@@ -458,6 +558,7 @@ export class Qcow2Image implements BlockImage {
       if (opts.repair !== "none" && this.readOnly) {
         throw new EngineError("READ_ONLY", "qcow2: repair needs a writable image", { reason: "READ_ONLY" });
       }
+      await this.md.inflight.drainWrites();
       if (!this.readOnly && !this.md.corruptDetected && !this.md.writeFailure) await this.md.flush();
       const result = await checkImage(this.md, opts.repair, opts.signal);
       if (opts.repair === "all" && result.corruptions === 0 && !this.readOnly) {
@@ -517,6 +618,7 @@ export class Qcow2Image implements BlockImage {
     await this.lock.run(async () => {
       if (this.closed) return;
       this.closed = true;
+      await this.md.inflight.drainWrites();
       if (this.readOnly || this.md.corruptDetected || this.md.writeFailure) return;
       await this.md.flush();
       await this.md.markClean();

@@ -95,6 +95,20 @@ export class RefcountManager {
     return block ? getRefcountEntry(block, blockIndex, this.bits) : 0;
   }
 
+  /** How many clusters below `endCluster` are in use (refcount > 0); counting stops at `stopAt`. */
+  async countInUse(endCluster: number, stopAt: number): Promise<number> {
+    const perBlock = this.layout.refblockCoverage / this.layout.clusterSize;
+    let count = 0;
+    for (let first = 0; first < endCluster && count < stopAt; first += perBlock) {
+      const block = await this.loadBlock(first / perBlock);
+      if (!block) continue;
+      const end = Math.min(endCluster - first, perBlock);
+      for (let i = 0; i < end && count < stopAt; i++)
+        if (getRefcountEntry(block, i, this.bits) !== 0) count++;
+    }
+    return count;
+  }
+
   /** Adds `delta` to one cluster's refcount, creating refcount blocks (and growing the table) as needed. */
   async update(hostOffset: number, delta: number): Promise<number> {
     const { tableIndex, blockIndex } = refcountIndexOf(this.layout, hostOffset);
