@@ -1,31 +1,31 @@
 import type { Server } from "@grpc/grpc-js";
 import {
-  type AllocateMode as EngineAllocateMode,
   type AllocationSummary,
   addToSummary,
   allocateRange,
   type BlockImage,
   discardAt,
+  type AllocateMode as EngineAllocateMode,
   EngineError,
   flattenImage,
   mapExtents,
   writeZeroesAt,
 } from "@vdisk/engine";
+import type { VolumeRecord } from "../catalog/catalog.js";
 import {
-  type AllocateRangeRequest,
   AllocateMode,
+  type AllocateRangeRequest,
   type AllocationServiceServer,
-  type FlattenVolumeRequest,
   AllocationServiceService,
   type DiscardRequest,
   type DiscardResponse,
+  type FlattenVolumeRequest,
   type GetAllocationMapRequest,
   type GetAllocationMapResponse,
   type WriteZeroesRequest,
   type WriteZeroesResponse,
 } from "../gen/vdisk/v1/allocation.js";
 import type { Extent } from "../gen/vdisk/v1/allocation_types.js";
-import type { VolumeRecord } from "../catalog/catalog.js";
 import type { JobEvent } from "../gen/vdisk/v1/job.js";
 import { type CallContext, serverStream, unary } from "../rpc/adapt.js";
 import { toBigint, toNumber } from "../rpc/convert.js";
@@ -149,8 +149,7 @@ export class AllocationService {
     if (job === undefined) {
       const volume = requireReadyVolume(ctx.catalog, req.name);
       const mode = allocateModeFromWire(req.mode);
-      const baseRecord =
-        req.baseVolume === "" ? undefined : requireBaseInChain(ctx, volume, req.baseVolume);
+      const baseRecord = req.baseVolume === "" ? undefined : requireBaseInChain(ctx, volume, req.baseVolume);
       const offset = toNumber(req.offset, "offset");
       const requested = toNumber(req.length, "length");
       if (offset > volume.capacity || (requested > 0 && offset + requested > volume.capacity)) {
@@ -199,8 +198,7 @@ export class AllocationService {
     let job = priorJob(ctx, requestId, "FLATTEN_VOLUME", req.name);
     if (job === undefined) {
       const volume = requireReadyVolume(ctx.catalog, req.name);
-      const baseRecord =
-        req.baseVolume === "" ? undefined : requireBaseInChain(ctx, volume, req.baseVolume);
+      const baseRecord = req.baseVolume === "" ? undefined : requireBaseInChain(ctx, volume, req.baseVolume);
       job = ctx.jobs.submit({
         kind: "FLATTEN_VOLUME",
         volume: volume.name,
@@ -213,7 +211,10 @@ export class AllocationService {
           const baseLink =
             baseRecord === undefined
               ? undefined
-              : { fileName: ctx.pool.fileName(baseRecord.name, baseRecord.format), format: baseRecord.format };
+              : {
+                  fileName: ctx.pool.fileName(baseRecord.name, baseRecord.format),
+                  format: baseRecord.format,
+                };
           try {
             const result = await flattenImage(image, {
               ...(base === undefined ? {} : { base }),
@@ -235,9 +236,13 @@ export class AllocationService {
   }
 
   async discard(req: DiscardRequest, call: CallContext): Promise<DiscardResponse> {
-    await this.onRange(req, async (image, start, end) =>
-      discardAt(image, start, end - start, { signal: call.signal }),
-    );
+    await this.onRange(req, async (image, start, end) => {
+      await discardAt(image, start, end - start, { signal: call.signal });
+      // Discard frees whole clusters only, and nothing where the format cannot hide backing data without
+      // writing (qcow2 v2 overlays); the RPC promises zeros over the whole range, so the rest is zeroed.
+      for (const [offset, length] of leftOverByDiscard(image, start, end))
+        await writeZeroesAt(image, offset, length, { mayUnmap: true, signal: call.signal });
+    });
     return {};
   }
 
@@ -258,6 +263,18 @@ export class AllocationService {
       release();
     }
   }
+}
+
+/** The parts of [start, end) that a driver's discard may leave reading as before. */
+function leftOverByDiscard(image: BlockImage, start: number, end: number): [number, number][] {
+  if (image.details().qcow2?.version === 2 && image.backing !== undefined) return [[start, end - start]];
+  const align = image.limits.discardAlignment;
+  const headEnd = Math.min(end, Math.ceil(start / align) * align);
+  const tailStart = Math.max(headEnd, Math.floor(end / align) * align);
+  const parts: [number, number][] = [];
+  if (headEnd > start) parts.push([start, headEnd - start]);
+  if (end > tailStart) parts.push([tailStart, end - tailStart]);
+  return parts;
 }
 
 function allocateModeFromWire(mode: AllocateMode): EngineAllocateMode {
