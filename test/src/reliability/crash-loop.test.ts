@@ -24,16 +24,32 @@ afterAll(() => {
   for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
 });
 
-// Two at a time: restarts are CPU-bound, the workload and checks mostly wait, so this keeps both cores busy.
+// Two loops at a time: restarts are CPU-bound while the workload and checks mostly wait, so two keep both
+// cores busy; more would only stretch every restart.
+let running = 0;
+const waiting: (() => void)[] = [];
+async function slot<T>(work: () => Promise<T>): Promise<T> {
+  if (running >= 2) await new Promise<void>((resolve) => waiting.push(resolve));
+  running++;
+  try {
+    return await work();
+  } finally {
+    running--;
+    waiting.shift()?.();
+  }
+}
+
 describe.concurrent("kill -9 crash loop", () => {
   for (const format of CRASH_FORMATS) {
     it(`${format}: ${KILLS_PER_FORMAT} kills, nothing lost`, async () => {
-      const report = await runCrashLoop({
-        format,
-        seed: SEEDS[format],
-        iterations: KILLS_PER_FORMAT,
-        track: (child) => children.push(child),
-      });
+      const report = await slot(() =>
+        runCrashLoop({
+          format,
+          seed: SEEDS[format],
+          iterations: KILLS_PER_FORMAT,
+          track: (child) => children.push(child),
+        }),
+      );
       console.log(
         `crash loop ${format} seed ${report.seed}: ${report.kills} kills, ${report.ops} ops, ${report.jobs} jobs, ` +
           `${report.ambiguousOps} ops in flight at kills, ${report.dirtyReopens} dirty reopens, ${report.leaks} leaks; ` +

@@ -30,7 +30,7 @@ export interface CrashLoopOptions {
   workDir?: string;
   /** How the server is started (see server-process.ts); the loop defaults to the bundle for cheap restarts. */
   launch?: ServerLaunch;
-  /** Random delay between starting the workload and the kill. */
+  /** Random delay before the kill, after a random number (0–4) of operations have finished. */
   killAfterMs?: [number, number];
   /** Progress lines (one per iteration). */
   log?: (line: string) => void;
@@ -115,7 +115,7 @@ export async function runCrashLoop(options: CrashLoopOptions): Promise<CrashLoop
   await mkdir(oracleDir, { recursive: true });
   const random = new Random(seed);
   const tokens = new TokenSource(Math.imul(seed, 7919) >>> 8);
-  const [minKill, maxKill] = options.killAfterMs ?? [20, 400];
+  const [minKill, maxKill] = options.killAfterMs ?? [0, 300];
   const launch = options.launch ?? "bundle";
   const start = (): Promise<ServerProcess> =>
     spawnServer(pool, {
@@ -182,8 +182,24 @@ export async function runCrashLoop(options: CrashLoopOptions): Promise<CrashLoop
         await renewFlatOverlay(server.client, lanes, layout.overlay, baseOracle);
 
       // Workload on every volume at once, then SIGKILL at a random moment while it runs.
+      // The kill waits for a random number of finished operations first (a fixed delay alone lands before
+      // the first one on a busy machine), then for a random delay, so it falls anywhere in an operation.
       let stopped = false;
-      const running = lanes.map((lane) => runLane(server.client, lane, random.fork(), tokens, () => stopped));
+      const opsBeforeKill = random.int(0, 4);
+      let completed = 0;
+      let enough = () => {};
+      const reached = new Promise<void>((resolve) => {
+        enough = resolve;
+      });
+      if (opsBeforeKill === 0) enough();
+      const onOp = () => {
+        if (++completed >= opsBeforeKill) enough();
+      };
+      const running = lanes.map((lane) =>
+        runLane(server.client, lane, random.fork(), tokens, () => stopped, onOp),
+      );
+      // A lane that fails before the kill ends the wait too; its error is reported below.
+      await Promise.race([reached, Promise.all(running).catch(() => {})]);
       await new Promise((r) => setTimeout(r, random.int(minKill, maxKill)));
       stopped = true;
       await crash(server.child);

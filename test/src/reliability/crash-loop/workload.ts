@@ -51,6 +51,7 @@ export async function runLane(
   random: Random,
   tokens: TokenSource,
   stopped: () => boolean,
+  onOp: () => void = () => {},
 ): Promise<LaneStats> {
   const stats: LaneStats = { ops: 0, jobs: [] };
   const oracle = lane.oracle;
@@ -59,6 +60,7 @@ export async function runLane(
     try {
       await runOp(client, lane, kind, random, tokens, stats);
       stats.ops++;
+      onOp();
     } catch (err) {
       oracle.note(`  ^ failed: ${String(err).slice(0, 120)}`);
       if (stopped()) break;
