@@ -48,7 +48,7 @@ export interface CrashLoopReport {
   dirtyReopens: number;
   /** Leaks qemu-img found after a kill (allowed), and repaired by CheckVolume. */
   leaks: number;
-  /** Sectors whose content was ambiguous at the kill (an unflushed or unacknowledged operation). */
+  /** Operations not yet acknowledged and flushed at a kill: their sectors could read old or new. */
   ambiguousOps: number;
   /** Mean milliseconds per phase. */
   ms: { restart: number; workload: number; verify: number; iteration: number };
