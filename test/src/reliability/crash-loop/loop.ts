@@ -342,8 +342,8 @@ async function verifyVolume(client: VdiskClient, oracle: VolumeOracle, ctx: Veri
   if (ctx.dirty.has(oracle.name) && (await qcow2DirtyOnDisk(file)))
     throw new CrashLoopViolation(`${oracle.name}: dirty bit still set on disk after the server reopened it`);
   const observed = await verifyContent(client, oracle, volume.capacityBytes);
-  const leaks = ctx.format === "raw" ? 0 : (await qemuCheck(file)).leaks;
-  await verifyCheckJob(client, oracle.name);
+  const leaks = ctx.format === "raw" ? undefined : (await qemuCheck(file)).leaks;
+  await verifyCheckJob(client, oracle.name, leaks);
   await oracle.settle(volume.capacityBytes, observed);
-  return leaks;
+  return leaks ?? 0;
 }

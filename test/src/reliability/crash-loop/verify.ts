@@ -112,14 +112,22 @@ export function verifyVolumeRecord(volume: Volume, oracle: VolumeOracle): void {
     fail(`${oracle.name}: still dirty after the server reopened it (repair did not run)`);
 }
 
-/** The CheckVolume job (repairing leaks, as an operator would) finds no corruption. */
-export async function verifyCheckJob(client: VdiskClient, name: string): Promise<number> {
+/**
+ * The CheckVolume job (repairing leaks, as an operator would) finds no corruption, finds the same leaks as
+ * qemu-img (when it ran), and repairs all of them.
+ */
+export async function verifyCheckJob(client: VdiskClient, name: string, qemuLeaks?: number): Promise<void> {
   const report = await client.checkVolume(name, { repair: "leaks" }).result;
   if (report.corruptions > 0 || report.checkErrors > 0)
     fail(
       `${name}: CheckVolume reports ${report.corruptions} corruption(s), ${report.checkErrors} error(s): ${report.messages.join("; ")}`,
     );
-  return report.leaksFixed;
+  // Like qemu-img check -r, the report counts what is left after the repair apart from what was fixed.
+  const found = report.leaks + report.leaksFixed;
+  if (qemuLeaks !== undefined && found !== qemuLeaks)
+    fail(`${name}: CheckVolume found ${found} leaked cluster(s), qemu-img check ${qemuLeaks}`);
+  if (report.leaks > 0)
+    fail(`${name}: ${report.leaks} leaked cluster(s) left after CheckVolume repaired leaks`);
 }
 
 /** No half-made file survives a restart, and the pool holds exactly the volumes' files. */
