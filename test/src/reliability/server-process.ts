@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { rmSync } from "node:fs";
-import { mkdir } from "node:fs/promises";
+import { mkdir, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { createVdiskClient, type VdiskClient, type VdiskClientOptions } from "@vdisk/sdk";
 
@@ -53,6 +53,7 @@ export function serverBundle(): Promise<string> {
     });
     const dir = join(repoRoot, "test", ".cache");
     await mkdir(dir, { recursive: true });
+    await removeStaleBundles(dir);
     const outfile = join(dir, `server-${process.pid}.mjs`);
     await esbuild.build({
       entryPoints: [join(repoRoot, "server", "src", "main.ts")],
@@ -68,6 +69,24 @@ export function serverBundle(): Promise<string> {
     return outfile;
   })();
   return bundled;
+}
+
+/** Bundles of processes that are gone (a test worker may end without an "exit" event). */
+async function removeStaleBundles(dir: string): Promise<void> {
+  for (const name of await readdir(dir)) {
+    const pid = Number(/^server-(\d+)\.mjs$/.exec(name)?.[1]);
+    if (!pid || pid === process.pid || processAlive(pid)) continue;
+    await rm(join(dir, name), { force: true });
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
 }
 
 /** Starts the server on a random port of 127.0.0.1 over `pool` and resolves once it logged "listening". */
