@@ -5,7 +5,10 @@ import { createVdiskClient, MiB } from "@vdisk/sdk";
 const vdisk = createVdiskClient({ baseUrl: `http://${process.env.VDISK_SERVER ?? "127.0.0.1:50051"}` });
 
 await vdisk.createVolume({ name: "example-map", format: "raw", capacityBytes: 64 * MiB }).result;
-await vdisk.writeVolume("example-map", [{ offset: 8 * MiB, data: new Uint8Array(MiB).fill(7) }, { flush: true }]);
+await vdisk.writeVolume("example-map", [
+  { offset: 8 * MiB, data: new Uint8Array(MiB).fill(7) },
+  { flush: true },
+]);
 
 const map = vdisk.getAllocationMap("example-map");
 for await (const extent of map) {

@@ -104,6 +104,44 @@ describe("reconcile", () => {
     expect(catalog.getJob("j-done")?.state).toBe("SUCCEEDED");
     catalog.close();
   });
+
+  it("records the size an interrupted qcow2 resize already wrote into the header (found by the crash loop)", async () => {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), "vdisk-pool-"));
+    dirs.push(root);
+    const pool = new Pool(root);
+    await pool.init();
+    const catalog = SqliteCatalog.open(pool.catalogPath);
+    const MiB = 1024 * 1024;
+    const qcow2Header = (size: number) => {
+      const header = Buffer.alloc(104);
+      header.writeUInt32BE(0x514649fb, 0);
+      header.writeUInt32BE(3, 4);
+      header.writeBigUInt64BE(BigInt(size), 24);
+      return header;
+    };
+    // The kill landed between the header's size write and the catalog update.
+    catalog.insertVolume(volumeRecord("grown", { uid: "1", format: "qcow2", capacity: 1 * MiB }));
+    fs.writeFileSync(pool.volumePath("grown", "qcow2"), qcow2Header(3 * MiB));
+    catalog.saveJob(jobRecord("j-grow", { volume: "grown", state: "RUNNING", kind: "RESIZE_VOLUME" }));
+    // The kill landed before the header changed: nothing to adopt.
+    catalog.insertVolume(volumeRecord("same", { uid: "2", format: "qcow2", capacity: 2 * MiB }));
+    fs.writeFileSync(pool.volumePath("same", "qcow2"), qcow2Header(2 * MiB));
+    catalog.saveJob(
+      jobRecord("j-same", {
+        volume: "same",
+        state: "RUNNING",
+        kind: "RESIZE_VOLUME",
+        createTime: new Date(2),
+      }),
+    );
+
+    const report = await reconcile(catalog, pool, pino({ level: "silent" }));
+
+    expect(report.resizesAdopted).toEqual(["grown"]);
+    expect(catalog.getVolume("grown")?.capacity).toBe(3 * MiB);
+    expect(catalog.getVolume("same")?.capacity).toBe(2 * MiB);
+    catalog.close();
+  });
 });
 
 describe("reconcile on a pool left full", () => {

@@ -13,6 +13,8 @@ export interface ReconcileReport {
   unknownFiles: string[];
   /** Raw volumes whose interrupted resize left file size and recorded capacity apart: the file was cut back. */
   resizesRolledBack: string[];
+  /** qcow2 volumes whose interrupted resize had already written the new size into the header: it is recorded. */
+  resizesAdopted: string[];
 }
 
 /**
@@ -24,7 +26,10 @@ export interface ReconcileReport {
  * - files the catalog does not know are reported, never adopted or deleted (they may be an operator's);
  * - a raw volume whose resize was interrupted gets its recorded capacity back: a longer file is cut back
  *   (the job held the volume exclusively, so the grown tail holds no guest data); a shorter one (an
- *   interrupted shrink that already cut) is recorded at its real size.
+ *   interrupted shrink that already cut) is recorded at its real size;
+ * - a qcow2 volume whose resize was interrupted gets the size its header holds recorded: the header write is
+ *   the resize's single switch (a grow zeroes the new area first; a shrink has freed the tail), so the
+ *   image already is that size and the catalog must not claim another.
  */
 export async function reconcile(catalog: Catalog, pool: Pool, log: Logger): Promise<ReconcileReport> {
   const report: ReconcileReport = {
@@ -34,6 +39,7 @@ export async function reconcile(catalog: Catalog, pool: Pool, log: Logger): Prom
     removedTempFiles: 0,
     unknownFiles: [],
     resizesRolledBack: [],
+    resizesAdopted: [],
   };
   const now = new Date();
 
@@ -76,8 +82,17 @@ export async function reconcile(catalog: Catalog, pool: Pool, log: Logger): Prom
   for (const job of interrupted) {
     if (job.kind !== "RESIZE_VOLUME") continue;
     const volume = catalog.getVolume(job.volume);
-    if (volume === undefined || volume.format !== "raw" || volume.state !== "READY") continue;
+    if (volume === undefined || volume.state !== "READY") continue;
     const file = pool.volumePath(volume.name, volume.format);
+    if (volume.format === "qcow2") {
+      const size = await qcow2VirtualSize(file);
+      if (size === undefined || size === volume.capacity) continue;
+      if (!ifRoom(log, { volume: volume.name }, () => catalog.updateVolume(volume.name, { capacity: size })))
+        continue;
+      report.resizesAdopted.push(volume.name);
+      continue;
+    }
+    if (volume.format !== "raw") continue;
     const size = await fs.stat(file).then(
       (st) => st.size,
       () => undefined,
@@ -97,6 +112,8 @@ export async function reconcile(catalog: Catalog, pool: Pool, log: Logger): Prom
     log.warn({ volume: name }, "removed a volume left CREATING by an earlier run");
   for (const name of report.resizesRolledBack)
     log.warn({ volume: name }, "restored the capacity of a volume whose resize was interrupted");
+  for (const name of report.resizesAdopted)
+    log.warn({ volume: name }, "recorded the size a qcow2 volume's interrupted resize had already written");
   for (const name of report.finishedDeleting)
     log.info({ volume: name }, "finished deleting a volume left DELETING by an earlier run");
   for (const id of report.failedJobs) log.warn({ job: id }, "marked an interrupted job FAILED");
@@ -123,6 +140,24 @@ function ifRoom(log: Logger, subject: Record<string, string>, write: () => unkno
     if (EngineError.from(err).code !== "NO_SPACE") throw err;
     log.error(subject, "pool full: reconcile could not update the catalog; the next start will");
     return false;
+  }
+}
+
+/**
+ * The virtual size in a qcow2 header (big-endian u64 at byte 24), or undefined when the file is missing or
+ * does not look like qcow2 — then the image open reports the problem, not reconcile.
+ */
+async function qcow2VirtualSize(file: string): Promise<number | undefined> {
+  const handle = await fs.open(file, "r").catch(() => undefined);
+  if (handle === undefined) return undefined;
+  try {
+    const header = Buffer.alloc(32);
+    const { bytesRead } = await handle.read(header, 0, 32, 0);
+    if (bytesRead < 32 || header.readUInt32BE(0) !== 0x514649fb) return undefined;
+    const size = header.readBigUInt64BE(24);
+    return size <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(size) : undefined;
+  } finally {
+    await handle.close();
   }
 }
 

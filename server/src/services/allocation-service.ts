@@ -235,9 +235,13 @@ export class AllocationService {
   }
 
   async discard(req: DiscardRequest, call: CallContext): Promise<DiscardResponse> {
-    await this.onRange(req, async (image, start, end) =>
-      discardAt(image, start, end - start, { signal: call.signal }),
-    );
+    await this.onRange(req, async (image, start, end) => {
+      await discardAt(image, start, end - start, { signal: call.signal });
+      // Discard frees whole clusters only, and nothing where the format cannot hide backing data without
+      // writing (qcow2 v2 overlays); the RPC promises zeros over the whole range, so the rest is zeroed.
+      for (const [offset, length] of leftOverByDiscard(image, start, end))
+        await writeZeroesAt(image, offset, length, { mayUnmap: true, signal: call.signal });
+    });
     return {};
   }
 
@@ -258,6 +262,18 @@ export class AllocationService {
       release();
     }
   }
+}
+
+/** The parts of [start, end) that a driver's discard may leave reading as before. */
+function leftOverByDiscard(image: BlockImage, start: number, end: number): [number, number][] {
+  if (image.details().qcow2?.version === 2 && image.backing !== undefined) return [[start, end - start]];
+  const align = image.limits.discardAlignment;
+  const headEnd = Math.min(end, Math.ceil(start / align) * align);
+  const tailStart = Math.max(headEnd, Math.floor(end / align) * align);
+  const parts: [number, number][] = [];
+  if (headEnd > start) parts.push([start, headEnd - start]);
+  if (end > tailStart) parts.push([tailStart, end - tailStart]);
+  return parts;
 }
 
 function allocateModeFromWire(mode: AllocateMode): EngineAllocateMode {

@@ -1,10 +1,11 @@
-import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { type ChildProcess, execFile } from "node:child_process";
 import { mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { createVdiskClient, MiB, type VdiskClient } from "@vdisk/sdk";
+import { MiB, type VdiskClient } from "@vdisk/sdk";
 import { afterEach, describe, expect, it } from "vitest";
+import { crash, spawnServer as spawnShared } from "./server-process.js";
 
 /**
  * Issue 4: kill -9 the server during a FULL clone and during a flatten, restart it on the same pool:
@@ -12,7 +13,6 @@ import { afterEach, describe, expect, it } from "vitest";
  * and the flattened overlay still reads exactly what it read before.
  */
 const run = promisify(execFile);
-const repoRoot = join(import.meta.dirname, "..", "..", "..");
 const children: ChildProcess[] = [];
 const pools: string[] = [];
 
@@ -21,28 +21,8 @@ afterEach(async () => {
   for (const p of pools.splice(0)) await rm(p, { recursive: true, force: true });
 });
 
-/** Runs main.ts as its own process (so SIGKILL is a real crash) and resolves with its port. */
 function spawnServer(pool: string): Promise<{ child: ChildProcess; client: VdiskClient }> {
-  const child = spawn(process.execPath, ["--import", "tsx", "server/src/main.ts", "--listen", "127.0.0.1:0", "--pool", pool], {
-    cwd: repoRoot,
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  children.push(child);
-  return new Promise((resolve, reject) => {
-    let out = "";
-    child.stdout?.on("data", (d: Buffer) => {
-      out += d.toString();
-      const port = /"port":(\d+)[^\n]*listening/.exec(out)?.[1];
-      if (port) resolve({ child, client: createVdiskClient({ baseUrl: `http://127.0.0.1:${port}`, timeoutMs: 30_000 }) });
-    });
-    child.once("exit", (code) => reject(new Error(`server exited (${code}) before listening:\n${out}`)));
-  });
-}
-
-async function crash(child: ChildProcess): Promise<void> {
-  const gone = new Promise((resolve) => child.once("exit", resolve));
-  child.kill("SIGKILL");
-  await gone;
+  return spawnShared(pool, { track: (child) => children.push(child) });
 }
 
 function pattern(length: number, seed: number): Uint8Array {
@@ -52,18 +32,25 @@ function pattern(length: number, seed: number): Uint8Array {
 }
 
 async function fillVolume(client: VdiskClient, name: string, mib: number, seed: number): Promise<void> {
-  const pieces = Array.from({ length: mib }, (_, i) => ({ offset: i * 2 * MiB, data: pattern(MiB, seed + i) }));
+  const pieces = Array.from({ length: mib }, (_, i) => ({
+    offset: i * 2 * MiB,
+    data: pattern(MiB, seed + i),
+  }));
   await client.writeVolume(name, [...pieces, { flush: true }]);
 }
 
 async function readAll(client: VdiskClient, name: string, size: number): Promise<Buffer> {
   const out = Buffer.alloc(size);
-  for await (const piece of client.readVolume(name, { sparse: true })) if ("data" in piece) out.set(piece.data, piece.offset);
+  for await (const piece of client.readVolume(name, { sparse: true }))
+    if ("data" in piece) out.set(piece.data, piece.offset);
   return out;
 }
 
 /** Follows a job handle until work has started, then kills the server under it. Returns the job id. */
-async function killMidJob(child: ChildProcess, handle: AsyncIterable<{ doneBytes: number; state: string }> & { jobId: Promise<string> }) {
+async function killMidJob(
+  child: ChildProcess,
+  handle: AsyncIterable<{ doneBytes: number; state: string }> & { jobId: Promise<string> },
+) {
   const id = await handle.jobId;
   let seen = { doneBytes: 0, state: "queued" };
   try {
@@ -83,7 +70,13 @@ async function expectCleanPool(pool: string, client: VdiskClient): Promise<void>
   for await (const volume of client.listVolumes()) {
     expect(volume.state).toBe("ready");
     if (volume.format === "raw") continue;
-    await run("qemu-img", ["check", "-U", "-f", volume.format, join(pool, `${volume.name}.${volume.format}`)]);
+    await run("qemu-img", [
+      "check",
+      "-U",
+      "-f",
+      volume.format,
+      join(pool, `${volume.name}.${volume.format}`),
+    ]);
   }
 }
 
@@ -94,7 +87,10 @@ describe("kill -9 during long jobs", () => {
     const first = await spawnServer(pool);
     await first.client.createVolume({ name: "src", format: "raw", capacityBytes: 1024 * MiB }).result;
     await fillVolume(first.client, "src", 192, 1);
-    const { id: jobId, seen } = await killMidJob(first.child, first.client.cloneVolume("src", "copy", { format: "qcow2" }) as never);
+    const { id: jobId, seen } = await killMidJob(
+      first.child,
+      first.client.cloneVolume("src", "copy", { format: "qcow2" }) as never,
+    );
     // The kill landed while the copy was under way (not before it started, not after it ended).
     expect(seen).toMatchObject({ state: "running" });
     expect(seen.doneBytes).toBeGreaterThan(0);
@@ -119,7 +115,12 @@ describe("kill -9 during long jobs", () => {
     const first = await spawnServer(pool);
     await first.client.createVolume({ name: "base", format: "qcow2", capacityBytes: size }).result;
     await fillVolume(first.client, "base", 128, 7);
-    await first.client.createVolume({ name: "top", format: "qcow2", capacityBytes: size, backingVolume: "base" }).result;
+    await first.client.createVolume({
+      name: "top",
+      format: "qcow2",
+      capacityBytes: size,
+      backingVolume: "base",
+    }).result;
     await first.client.writeVolume("top", [{ offset: 3 * MiB, data: pattern(MiB, 99) }, { flush: true }]);
     const before = await readAll(first.client, "top", size);
     const { id: jobId, seen } = await killMidJob(first.child, first.client.flattenVolume("top") as never);
