@@ -47,7 +47,7 @@ let bundled: Promise<string> | undefined;
 /** Bundles server/src/main.ts once per process (about a second) and returns the file to run. */
 export function serverBundle(): Promise<string> {
   bundled ??= (async () => {
-    // esbuild ships with tsx/vitest; it is not a declared dependency of this package, so fail clearly.
+    // esbuild is a dev dependency of this package (tsx and vitest bring the same one); fail clearly if absent.
     const esbuild = await import("esbuild").catch((err: unknown) => {
       throw new Error(`the bundle launch needs esbuild (installed with tsx): ${String(err)}`);
     });
