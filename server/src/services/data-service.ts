@@ -27,6 +27,7 @@ import {
   serializeReadVolumeResponse,
 } from "./data-codec.js";
 import { resolveRange } from "./ranges.js";
+import { WriteWindow } from "./write-window.js";
 
 const DEFAULT_CHUNK = 1024 * 1024;
 /** Largest data message; with framing it stays inside the 8 MiB message limit set on the server. */
@@ -38,6 +39,8 @@ export const MAX_CHUNK = 4 * 1024 * 1024;
  */
 const READ_AHEAD_BYTES = 4 * 1024 * 1024;
 const MIN_READ_AHEAD = 2;
+/** Chunk writes a WriteVolume keeps running while it decodes the next messages (see WriteWindow). */
+const WRITES_IN_FLIGHT = 4;
 
 /**
  * The generated service definition with byte-stream codecs that do not copy chunk payloads
@@ -95,6 +98,7 @@ export class DataService {
     let written = 0;
     let zeroed = 0;
     let flushed = 0;
+    const writes = new WriteWindow(WRITES_IN_FLIGHT);
     const opened = (): BlockImage => {
       if (image === undefined)
         throw new EngineError("INVALID_ARGUMENT", "the first message of WriteVolume must be `open`", {
@@ -120,14 +124,18 @@ export class DataService {
           case "chunk": {
             const img = opened();
             const offset = toNumber(payload.chunk.offset, "chunk.offset");
-            await writeAt(img, offset, payload.chunk.data, { zeroDetection: detection, signal: call.signal });
-            written += payload.chunk.data.length;
+            const data = payload.chunk.data;
+            await writes.add(offset, data.length, () =>
+              writeAt(img, offset, data, { zeroDetection: detection, signal: call.signal }),
+            );
+            written += data.length;
             break;
           }
           case "zero": {
             const img = opened();
             const offset = toNumber(payload.zero.offset, "zero.offset");
             const length = toNumber(payload.zero.length, "zero.length");
+            await writes.drain();
             await writeZeroesAt(img, offset, length, {
               mayUnmap: detection === "unmap",
               signal: call.signal,
@@ -136,6 +144,7 @@ export class DataService {
             break;
           }
           case "flush":
+            await writes.drain();
             await flushImage(opened(), { signal: call.signal });
             flushed = written + zeroed;
             break;
@@ -146,6 +155,7 @@ export class DataService {
         }
       }
       const img = opened();
+      await writes.drain();
       // The end of the stream is a durability point: the response promises what it reports as flushed.
       await flushImage(img, { signal: call.signal });
       flushed = written + zeroed;
@@ -155,6 +165,8 @@ export class DataService {
         flushedBytes: toBigint(flushed),
       };
     } catch (err) {
+      // Writes still running finish first: the volume is released (and may be closed) only after them.
+      await writes.settle();
       if (volume !== undefined) await markVolumeIfBroken(this.ctx, volume, err);
       throw err;
     } finally {
