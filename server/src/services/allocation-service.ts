@@ -1,31 +1,31 @@
 import type { Server } from "@grpc/grpc-js";
 import {
+  type AllocateMode as EngineAllocateMode,
   type AllocationSummary,
   addToSummary,
   allocateRange,
   type BlockImage,
   discardAt,
-  type AllocateMode as EngineAllocateMode,
   EngineError,
   flattenImage,
   mapExtents,
   writeZeroesAt,
 } from "@vdisk/engine";
-import type { VolumeRecord } from "../catalog/catalog.js";
 import {
-  AllocateMode,
   type AllocateRangeRequest,
+  AllocateMode,
   type AllocationServiceServer,
+  type FlattenVolumeRequest,
   AllocationServiceService,
   type DiscardRequest,
   type DiscardResponse,
-  type FlattenVolumeRequest,
   type GetAllocationMapRequest,
   type GetAllocationMapResponse,
   type WriteZeroesRequest,
   type WriteZeroesResponse,
 } from "../gen/vdisk/v1/allocation.js";
 import type { Extent } from "../gen/vdisk/v1/allocation_types.js";
+import type { VolumeRecord } from "../catalog/catalog.js";
 import type { JobEvent } from "../gen/vdisk/v1/job.js";
 import { type CallContext, serverStream, unary } from "../rpc/adapt.js";
 import { toBigint, toNumber } from "../rpc/convert.js";
@@ -149,7 +149,8 @@ export class AllocationService {
     if (job === undefined) {
       const volume = requireReadyVolume(ctx.catalog, req.name);
       const mode = allocateModeFromWire(req.mode);
-      const baseRecord = req.baseVolume === "" ? undefined : requireBaseInChain(ctx, volume, req.baseVolume);
+      const baseRecord =
+        req.baseVolume === "" ? undefined : requireBaseInChain(ctx, volume, req.baseVolume);
       const offset = toNumber(req.offset, "offset");
       const requested = toNumber(req.length, "length");
       if (offset > volume.capacity || (requested > 0 && offset + requested > volume.capacity)) {
@@ -198,7 +199,8 @@ export class AllocationService {
     let job = priorJob(ctx, requestId, "FLATTEN_VOLUME", req.name);
     if (job === undefined) {
       const volume = requireReadyVolume(ctx.catalog, req.name);
-      const baseRecord = req.baseVolume === "" ? undefined : requireBaseInChain(ctx, volume, req.baseVolume);
+      const baseRecord =
+        req.baseVolume === "" ? undefined : requireBaseInChain(ctx, volume, req.baseVolume);
       job = ctx.jobs.submit({
         kind: "FLATTEN_VOLUME",
         volume: volume.name,
@@ -211,10 +213,7 @@ export class AllocationService {
           const baseLink =
             baseRecord === undefined
               ? undefined
-              : {
-                  fileName: ctx.pool.fileName(baseRecord.name, baseRecord.format),
-                  format: baseRecord.format,
-                };
+              : { fileName: ctx.pool.fileName(baseRecord.name, baseRecord.format), format: baseRecord.format };
           try {
             const result = await flattenImage(image, {
               ...(base === undefined ? {} : { base }),

@@ -1,8 +1,8 @@
 import { type CheckResult, EngineError, type RepairMode } from "@vdisk/engine";
+import type { CheckReport } from "../gen/vdisk/v1/volume_types.js";
+import { RepairMode as WireRepairMode } from "../gen/vdisk/v1/volume.js";
 import type { JobEvent } from "../gen/vdisk/v1/job.js";
 import type { CheckVolumeRequest } from "../gen/vdisk/v1/volume.js";
-import { RepairMode as WireRepairMode } from "../gen/vdisk/v1/volume.js";
-import type { CheckReport } from "../gen/vdisk/v1/volume_types.js";
 import type { CallContext } from "../rpc/adapt.js";
 import { markVolumeIfBroken, requireReadyVolume, type ServiceContext } from "./context.js";
 import { priorJob, streamJob } from "./job-stream.js";

@@ -59,14 +59,10 @@ export function backingChain(ctx: ServiceContext, volume: VolumeRecord): VolumeR
 export function requireBaseInChain(ctx: ServiceContext, volume: VolumeRecord, name: string): VolumeRecord {
   const base = backingChain(ctx, volume).find((v) => v.name === name);
   if (base === undefined) {
-    throw new EngineError(
-      "INVALID_ARGUMENT",
-      `base_volume "${name}" is not in the backing chain of "${volume.name}"`,
-      {
-        reason: "BASE_NOT_IN_CHAIN",
-        metadata: { field: "base_volume", volume: volume.name },
-      },
-    );
+    throw new EngineError("INVALID_ARGUMENT", `base_volume "${name}" is not in the backing chain of "${volume.name}"`, {
+      reason: "BASE_NOT_IN_CHAIN",
+      metadata: { field: "base_volume", volume: volume.name },
+    });
   }
   return base;
 }

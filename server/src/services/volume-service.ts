@@ -34,10 +34,10 @@ import { validateVolumeName } from "../pool/names.js";
 import { type CallContext, clientStream, failingStream, serverStream, unary } from "../rpc/adapt.js";
 import { formatFromWire, formatToWire, preallocFromWire, toNumber } from "../rpc/convert.js";
 import { unimplemented } from "../rpc/errors.js";
+import { backingChain } from "./job-stream.js";
 import { checkVolume } from "./check-job.js";
 import { requireReadyVolume, requireVolume, type ServiceContext } from "./context.js";
 import { exportVolume, importVolume } from "./import-export.js";
-import { backingChain } from "./job-stream.js";
 import { jobEvent, volumeMessage } from "./volume-messages.js";
 
 const DEFAULT_PAGE_SIZE = 100;
@@ -388,8 +388,7 @@ export class VolumeService {
       } finally {
         await file.close();
       }
-      if (source !== undefined)
-        await this.fillFromSource(source, temp, spec.format, preallocBytes, totalBytes, job);
+      if (source !== undefined) await this.fillFromSource(source, temp, spec.format, preallocBytes, totalBytes, job);
       await pool.publish(temp, spec.name, spec.format);
       catalog.updateVolume(spec.name, { state: "READY" });
     };
@@ -424,10 +423,7 @@ export class VolumeService {
             : [{ volume: spec.backingVolume, mode: "shared" as const }]),
           ...(source === undefined
             ? []
-            : [source, ...backingChain(this.ctx, source)].map((v) => ({
-                volume: v.name,
-                mode: "shared" as const,
-              }))),
+            : [source, ...backingChain(this.ctx, source)].map((v) => ({ volume: v.name, mode: "shared" as const }))),
         ],
         totalBytes,
         run: async (job) => {
@@ -577,10 +573,7 @@ export class VolumeService {
     if (job === undefined) {
       const volume = requireReadyVolume(catalog, req.name);
       if (volume.format !== "raw" && volume.format !== "qcow2")
-        throw unimplemented(
-          `ResizeVolume for ${volume.format}`,
-          "only raw and qcow2 volumes can be resized so far",
-        );
+        throw unimplemented(`ResizeVolume for ${volume.format}`, "only raw and qcow2 volumes can be resized so far");
       const requested = toNumber(req.capacityBytes, "capacity_bytes");
       if (requested <= 0 || requested > this.ctx.maxCapacity) {
         throw new EngineError(
