@@ -65,9 +65,10 @@ beforeAll(async () => {
   baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 });
 
-afterAll(async () => {
+afterAll(() => {
+  // Not awaited: after a stall the wedged socket may never report closed, and the failure is already known.
   for (const session of sessions) session.destroy();
-  await new Promise((resolve) => server.close(resolve));
+  server.close();
 });
 
 /** Bytes moved so far per transfer; the watchdog fails the test when none of them moves for a while. */
