@@ -357,6 +357,8 @@ function allocateResult(job: WireJob): AllocateResult {
 export class VdiskClient {
   /** The generated clients, for advanced use. */
   readonly raw: RawClients;
+  /** Clients for the client-streaming uploads (WriteVolume, ImportVolume), on their own connection. */
+  private readonly uploads: Pick<RawClients, "volumes" | "data">;
   private readonly retry: RetryPolicy;
   private readonly reattach: RetryPolicy;
   private readonly timeoutMs: number | undefined;
@@ -366,19 +368,32 @@ export class VdiskClient {
   /** @internal Use {@link createVdiskClient}. */
   constructor(options: VdiskClientOptions) {
     let transport = options.transport;
+    let uploadTransport = transport;
     let close = () => {};
     if (!transport) {
-      if (!options.baseUrl) throw new TypeError("createVdiskClient needs a baseUrl or a transport");
-      const owned = createVdiskGrpcTransport({
-        baseUrl: options.baseUrl,
-        tls: options.tls,
-        token: options.token,
-        maxMessageBytes: options.maxMessageBytes ?? TRANSPORT_DEFAULTS.maxMessageBytes,
-        streamWindowBytes: options.streamWindowBytes ?? TRANSPORT_DEFAULTS.streamWindowBytes,
-        connectionWindowBytes: options.connectionWindowBytes ?? TRANSPORT_DEFAULTS.connectionWindowBytes,
-      });
-      transport = owned.transport;
-      close = owned.close;
+      const { baseUrl } = options;
+      if (!baseUrl) throw new TypeError("createVdiskClient needs a baseUrl or a transport");
+      const connect = () =>
+        createVdiskGrpcTransport({
+          baseUrl,
+          tls: options.tls,
+          token: options.token,
+          maxMessageBytes: options.maxMessageBytes ?? TRANSPORT_DEFAULTS.maxMessageBytes,
+          streamWindowBytes: options.streamWindowBytes ?? TRANSPORT_DEFAULTS.streamWindowBytes,
+          connectionWindowBytes: options.connectionWindowBytes ?? TRANSPORT_DEFAULTS.connectionWindowBytes,
+        });
+      // Uploads get their own HTTP/2 connection (opened on first use). Node's HTTP/2 stops reading its
+      // socket while a socket write of its own is pending, so a connection carrying bulk data both ways
+      // can stall for good: both peers write into full socket buffers and neither reads. With one
+      // direction per connection, the other way carries only small frames and never blocks.
+      const main = connect();
+      const uploads = connect();
+      transport = main.transport;
+      uploadTransport = uploads.transport;
+      close = () => {
+        main.close();
+        uploads.close();
+      };
     }
     this.closeTransport = close;
     this.raw = {
@@ -386,6 +401,10 @@ export class VdiskClient {
       allocation: createClient(AllocationService, transport),
       data: createClient(DataService, transport),
       jobs: createClient(JobService, transport),
+    };
+    this.uploads = {
+      volumes: createClient(VolumeService, uploadTransport ?? transport),
+      data: createClient(DataService, uploadTransport ?? transport),
     };
     this.retry = { ...DEFAULT_RETRY, ...options.retry };
     this.reattach = { maxAttempts: 10, initialDelayMs: 100, maxDelayMs: 5000, ...options.reattach };
@@ -683,7 +702,7 @@ export class VdiskClient {
       }
     }
     const response = await mapErrors(() =>
-      this.raw.data.writeVolume(messages(), { signal: options?.signal }),
+      this.uploads.data.writeVolume(messages(), { signal: options?.signal }),
     );
     return {
       writtenBytes: fromUint64(response.writtenBytes, "written_bytes"),
@@ -721,7 +740,7 @@ export class VdiskClient {
       }
     }
     const response = await mapErrors(() =>
-      this.raw.volumes.importVolume(messages(), { signal: options?.signal }),
+      this.uploads.volumes.importVolume(messages(), { signal: options?.signal }),
     );
     if (!response.volume) throw new VdiskError("ImportVolume returned no volume", { status: 13 });
     return volumeFromWire(response.volume);

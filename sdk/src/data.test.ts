@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -206,6 +207,54 @@ describe("file helpers", () => {
       ["chunk", 3 * MiB - 64 * KiB, 64 * KiB],
       ["flush"],
     ]);
+  });
+
+  it("uploadFile reads ahead yet sends every byte once, in order, up to a tail shorter than a block", async () => {
+    const path = join(dir, "upload-dense.img");
+    const content = randomBytes(5 * MiB + 12_345);
+    await writeFile(path, content);
+    const chunks: { offset: number; data: Uint8Array }[] = [];
+    const transport = createRouterTransport(({ service }) => {
+      service(DataService, {
+        async writeVolume(requests) {
+          for await (const r of requests)
+            if (r.payload.case === "chunk")
+              chunks.push({ offset: Number(r.payload.value.offset), data: r.payload.value.data });
+          return {};
+        },
+      });
+    });
+    await createVdiskClient({ transport }).uploadFile("disk1", path, { sparse: false, offset: 4096 });
+    let expected = 4096;
+    for (const chunk of chunks) {
+      expect(chunk.offset).toBe(expected);
+      expected += chunk.data.length;
+    }
+    expect(expected).toBe(4096 + content.length);
+    expect(Buffer.concat(chunks.map((c) => c.data)).equals(content)).toBe(true);
+  });
+
+  it("downloadFile writes many chunks concurrently and still lands every byte at its offset", async () => {
+    const path = join(dir, "download-dense.img");
+    const chunk = 256 * KiB;
+    const content = randomBytes(40 * chunk);
+    const transport = createRouterTransport(({ service }) => {
+      service(DataService, {
+        async *readVolume() {
+          // Out of order on purpose: offsets, not arrival order, decide where bytes go.
+          for (let i = 39; i >= 0; i--)
+            yield {
+              payload: {
+                case: "chunk",
+                value: { offset: BigInt(i * chunk), data: content.subarray(i * chunk, (i + 1) * chunk) },
+              },
+            };
+        },
+      });
+    });
+    const result = await createVdiskClient({ transport }).downloadFile("disk1", path);
+    expect(result).toEqual({ fileBytes: content.length, dataBytes: content.length });
+    expect((await readFile(path)).equals(content)).toBe(true);
   });
 
   it("uploadFile of a missing file fails with the fs error before any call", async () => {

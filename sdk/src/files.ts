@@ -82,6 +82,56 @@ export function* splitZeroRuns(buffer: Buffer, offset: number): Generator<DataPi
   }
 }
 
+/** Reads of the local file kept in flight ahead of the one being sent (uploads). */
+const READS_AHEAD = 2;
+/** Writes of the local file kept in flight while the next pieces are received (downloads). */
+const WRITES_IN_FLIGHT = 4;
+
+interface PendingRead {
+  position: number;
+  result: Promise<Buffer>;
+}
+
+/**
+ * Reads the file in READ_SIZE blocks with up to READS_AHEAD more reads running, so the disk read of the
+ * next block overlaps the sending of this one. A short read before the end (rare for regular files) drops
+ * the reads planned past it and resumes from where it stopped. Yields nothing more at end of file.
+ */
+async function* fileBlocks(file: FileHandle): AsyncGenerator<{ position: number; block: Buffer }> {
+  const queue: PendingRead[] = [];
+  let nextPosition = 0;
+  const plan = () => {
+    while (queue.length <= READS_AHEAD) {
+      const position = nextPosition;
+      // A fresh buffer per read: the pieces yielded from it are still being sent while we read the next one.
+      const buffer = Buffer.allocUnsafe(READ_SIZE);
+      const result = file
+        .read(buffer, 0, READ_SIZE, position)
+        .then(({ bytesRead }) => buffer.subarray(0, bytesRead));
+      result.catch(() => undefined); // rethrown when its turn comes; dropped if the reader stops first
+      queue.push({ position, result });
+      nextPosition += READ_SIZE;
+    }
+  };
+  try {
+    for (;;) {
+      plan();
+      const head = queue.shift() as PendingRead;
+      const block = await head.result;
+      if (block.length === 0) return;
+      if (block.length < READ_SIZE) {
+        await Promise.allSettled(queue.map((read) => read.result));
+        queue.length = 0;
+        nextPosition = head.position + block.length;
+      }
+      yield { position: head.position, block };
+    }
+  } finally {
+    // The caller closes the file after this generator: no read may still be running then.
+    await Promise.allSettled(queue.map((read) => read.result));
+  }
+}
+
 /** Reads an open local file as write pieces (zero runs merged across reads), ending with a flush. The caller closes the file. @internal */
 export async function* filePieces(
   file: FileHandle,
@@ -89,15 +139,10 @@ export async function* filePieces(
   sparse: boolean,
 ): AsyncGenerator<WritePiece> {
   let pendingZero: ZeroPiece | undefined;
-  for (let position = 0; ; ) {
-    // A fresh buffer per read: the pieces yielded from it are still being sent while we read the next one.
-    const buffer = Buffer.allocUnsafe(READ_SIZE);
-    const { bytesRead } = await file.read(buffer, 0, READ_SIZE, position);
-    if (bytesRead === 0) break;
-    const chunk = buffer.subarray(0, bytesRead);
+  for await (const { position, block } of fileBlocks(file)) {
     const pieces: Iterable<DataPiece | ZeroPiece> = sparse
-      ? splitZeroRuns(chunk, baseOffset + position)
-      : [{ offset: baseOffset + position, data: chunk }];
+      ? splitZeroRuns(block, baseOffset + position)
+      : [{ offset: baseOffset + position, data: block }];
     for (const piece of pieces) {
       if ("zero" in piece) {
         if (pendingZero) pendingZero.length += piece.length;
@@ -110,7 +155,6 @@ export async function* filePieces(
       }
       yield piece;
     }
-    position += bytesRead;
   }
   if (pendingZero) yield pendingZero;
   yield { flush: true };
@@ -135,13 +179,26 @@ export async function uploadFile(
   }
 }
 
-/** Writes pieces into a fresh local file; zero runs stay holes, and the file is sized to `minLength` at least. */
+async function writeFully(file: FileHandle, data: Uint8Array, offset: number): Promise<void> {
+  let written = 0;
+  while (written < data.length) {
+    const { bytesWritten } = await file.write(data, written, data.length - written, offset + written);
+    written += bytesWritten;
+  }
+}
+
+/**
+ * Writes pieces into a fresh local file; zero runs stay holes, and the file is sized to `minLength` at
+ * least. Up to WRITES_IN_FLIGHT writes run while the next pieces arrive; pieces never overlap, so their
+ * order on disk does not matter, and the bound keeps a slow disk pushing back on the stream.
+ */
 async function writeSparseFile(
   path: string,
   pieces: AsyncIterable<ReadPiece>,
   minLength: () => number,
 ): Promise<DownloadResult> {
   const file = await open(path, "w");
+  const inFlight = new Set<Promise<void>>();
   try {
     let end = 0;
     let dataBytes = 0;
@@ -150,25 +207,23 @@ async function writeSparseFile(
         end = Math.max(end, piece.offset + piece.length);
         continue;
       }
-      let written = 0;
-      while (written < piece.data.length) {
-        const { bytesWritten } = await file.write(
-          piece.data,
-          written,
-          piece.data.length - written,
-          piece.offset + written,
-        );
-        written += bytesWritten;
-      }
+      const write: Promise<void> = writeFully(file, piece.data, piece.offset).then(() => {
+        inFlight.delete(write);
+      });
+      write.catch(() => undefined); // awaited below; this only keeps a failure from counting as unhandled
+      inFlight.add(write);
+      if (inFlight.size >= WRITES_IN_FLIGHT) await Promise.race(inFlight);
       dataBytes += piece.data.length;
       end = Math.max(end, piece.offset + piece.data.length);
     }
+    await Promise.all(inFlight);
     // Extending with truncate leaves the tail as a hole instead of writing zeros.
     const fileBytes = Math.max(end, minLength());
     await file.truncate(fileBytes);
     await file.sync();
     return { fileBytes, dataBytes };
   } finally {
+    await Promise.allSettled(inFlight);
     await file.close();
   }
 }
