@@ -1,3 +1,4 @@
+import { setMaxListeners } from "node:events";
 import type { Http2Server, Http2Session } from "node:http2";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -98,6 +99,9 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
   }
 
   const shutdown = new AbortController();
+  // Every call in flight listens for shutdown (and removes its listener when done), so hundreds of listeners
+  // are normal here; Node's default of 10 would print a false memory-leak warning under load.
+  setMaxListeners(0, shutdown.signal);
   const images = new ImageRegistry(catalog, pool, engine);
   const locks = new VolumeLocks();
   const health = new ServerHealth(catalog, SERVICE_NAMES);
