@@ -4,6 +4,8 @@ import type { ExportOptions, ImportSpec, VdiskClient } from "./client.js";
 import type { VolumeFormatName, ZeroDetectionName } from "./enums.js";
 import { KiB, MiB } from "./sizes.js";
 import type { DataPiece, ReadPiece, Volume, WritePiece, WriteResult, ZeroPiece } from "./types.js";
+import { type PartsPiece, readVolumeParts, writeVolumeWire } from "./wire/data-calls.js";
+import { wireChannelsOf } from "./wire/registry.js";
 
 /** First item of an export: facts about the file that follows. */
 export interface ExportHeaderPiece {
@@ -47,6 +49,8 @@ export interface DownloadResult {
 }
 
 const READ_SIZE = MiB;
+/** Largest WriteVolume data message of an upload. */
+const UPLOAD_SLICE = MiB;
 // Granularity of hole detection: large enough for Buffer.equals to run at memory speed, small enough to
 // keep the holes qemu-img and filesystems care about (64 KiB is also the default cluster size).
 const ZERO_BLOCK = 64 * KiB;
@@ -170,6 +174,21 @@ export async function uploadFile(
   // Opened here, not inside the stream, so a missing or unreadable file fails with its own fs error.
   const file = await open(path, "r");
   try {
+    const wire = wireChannelsOf(client);
+    if (wire !== undefined) {
+      // fileBlocks reads into a fresh buffer every time, so the pieces can go out without a copy.
+      return await writeVolumeWire(
+        wire.uploads,
+        volume,
+        filePieces(file, options?.offset ?? 0, options?.sparse ?? true),
+        {
+          zeroDetection: options?.zeroDetection ?? "off",
+          signal: options?.signal,
+          slice: UPLOAD_SLICE,
+          ownsBuffers: true,
+        },
+      );
+    }
     return await client.writeVolume(volume, filePieces(file, options?.offset ?? 0, options?.sparse ?? true), {
       ...(options?.zeroDetection === undefined ? {} : { zeroDetection: options.zeroDetection }),
       ...(options?.signal === undefined ? {} : { signal: options.signal }),
@@ -187,6 +206,25 @@ async function writeFully(file: FileHandle, data: Uint8Array, offset: number): P
   }
 }
 
+/** Writes the pieces a message arrived in with one writev (a short write finishes piece by piece). */
+async function writePartsFully(file: FileHandle, parts: Buffer[], offset: number): Promise<void> {
+  const total = parts.reduce((sum, part) => sum + part.length, 0);
+  const { bytesWritten } = await file.writev(parts, offset);
+  if (bytesWritten >= total) return;
+  let skip = bytesWritten;
+  let at = offset;
+  for (const part of parts) {
+    if (skip >= part.length) {
+      skip -= part.length;
+      at += part.length;
+      continue;
+    }
+    await writeFully(file, part.subarray(skip), at + skip);
+    at += part.length;
+    skip = 0;
+  }
+}
+
 /**
  * Writes pieces into a fresh local file; zero runs stay holes, and the file is sized to `minLength` at
  * least. Up to WRITES_IN_FLIGHT writes run while the next pieces arrive; pieces never overlap, so their
@@ -194,7 +232,7 @@ async function writeFully(file: FileHandle, data: Uint8Array, offset: number): P
  */
 async function writeSparseFile(
   path: string,
-  pieces: AsyncIterable<ReadPiece>,
+  pieces: AsyncIterable<ReadPiece | PartsPiece>,
   minLength: () => number,
 ): Promise<DownloadResult> {
   const file = await open(path, "w");
@@ -207,14 +245,19 @@ async function writeSparseFile(
         end = Math.max(end, piece.offset + piece.length);
         continue;
       }
-      const write: Promise<void> = writeFully(file, piece.data, piece.offset).then(() => {
+      const length = "parts" in piece ? piece.length : piece.data.length;
+      const written =
+        "parts" in piece
+          ? writePartsFully(file, piece.parts, piece.offset)
+          : writeFully(file, piece.data, piece.offset);
+      const write: Promise<void> = written.then(() => {
         inFlight.delete(write);
       });
       write.catch(() => undefined); // awaited below; this only keeps a failure from counting as unhandled
       inFlight.add(write);
       if (inFlight.size >= WRITES_IN_FLIGHT) await Promise.race(inFlight);
-      dataBytes += piece.data.length;
-      end = Math.max(end, piece.offset + piece.data.length);
+      dataBytes += length;
+      end = Math.max(end, piece.offset + length);
     }
     await Promise.all(inFlight);
     // Extending with truncate leaves the tail as a hole instead of writing zeros.
@@ -235,6 +278,12 @@ export function downloadFile(
   path: string,
   options?: DownloadOptions,
 ): Promise<DownloadResult> {
+  const wire = wireChannelsOf(client);
+  if (wire !== undefined) {
+    // The chunks stay in the pieces they arrived in and go to the file with writev: no copy on the way.
+    const request = { name: volume, offset: 0, length: 0, chunkSize: 0, sparse: true };
+    return writeSparseFile(path, readVolumeParts(wire.downloads, request, options?.signal), () => 0);
+  }
   const pieces = client.readVolume(volume, {
     sparse: true,
     ...(options?.signal === undefined ? {} : { signal: options.signal }),

@@ -97,3 +97,19 @@ describe("WriteVolumeRequest decoding", () => {
     expect(decoded.payload?.$case === "chunk" && decoded.payload.chunk.data.toString()).toBe("data");
   });
 });
+
+describe("pooled chunk buffers", () => {
+  it("reuses a serialized chunk's buffer once, never handing it to two responses", async () => {
+    const first = allocateChunkResponse(0, 64 * 1024);
+    const bytes = serializeReadVolumeResponse(first.response);
+    serializeReadVolumeResponse(first.response);
+    await Promise.resolve();
+    const second = allocateChunkResponse(64 * 1024, 64 * 1024);
+    const third = allocateChunkResponse(128 * 1024, 64 * 1024);
+    expect(second.data.buffer).toBe(bytes.buffer);
+    expect(third.data.buffer).not.toBe(second.data.buffer);
+    second.data.fill(1);
+    const expected = Buffer.from(ReadVolumeResponse.encode(second.response).finish());
+    expect(serializeReadVolumeResponse(second.response).equals(expected)).toBe(true);
+  });
+});
