@@ -4,6 +4,7 @@ import type { ExportOptions, ImportSpec, VdiskClient } from "./client.js";
 import type { VolumeFormatName, ZeroDetectionName } from "./enums.js";
 import { KiB, MiB } from "./sizes.js";
 import type { DataPiece, ReadPiece, Volume, WritePiece, WriteResult, ZeroPiece } from "./types.js";
+import { UploadBuffers } from "./upload-buffers.js";
 import { type PartsPiece, readVolumeParts, writeVolumeWire } from "./wire/data-calls.js";
 import { wireChannelsOf } from "./wire/registry.js";
 
@@ -101,14 +102,18 @@ interface PendingRead {
  * next block overlaps the sending of this one. A short read before the end (rare for regular files) drops
  * the reads planned past it and resumes from where it stopped. Yields nothing more at end of file.
  */
-async function* fileBlocks(file: FileHandle): AsyncGenerator<{ position: number; block: Buffer }> {
+async function* fileBlocks(
+  file: FileHandle,
+  buffers: UploadBuffers | undefined,
+): AsyncGenerator<{ position: number; block: Buffer }> {
   const queue: PendingRead[] = [];
   let nextPosition = 0;
   const plan = () => {
     while (queue.length <= READS_AHEAD) {
       const position = nextPosition;
-      // A fresh buffer per read: the pieces yielded from it are still being sent while we read the next one.
-      const buffer = Buffer.allocUnsafe(READ_SIZE);
+      // A buffer of its own per read: the pieces yielded from it are still being sent while we read the
+      // next one (pooled buffers come back only once their bytes are on the socket).
+      const buffer = buffers?.take() ?? Buffer.allocUnsafe(READ_SIZE);
       const result = file
         .read(buffer, 0, READ_SIZE, position)
         .then(({ bytesRead }) => buffer.subarray(0, bytesRead));
@@ -129,6 +134,7 @@ async function* fileBlocks(file: FileHandle): AsyncGenerator<{ position: number;
         nextPosition = head.position + block.length;
       }
       yield { position: head.position, block };
+      buffers?.done(block);
     }
   } finally {
     // The caller closes the file after this generator: no read may still be running then.
@@ -141,9 +147,10 @@ export async function* filePieces(
   file: FileHandle,
   baseOffset: number,
   sparse: boolean,
+  buffers?: UploadBuffers,
 ): AsyncGenerator<WritePiece> {
   let pendingZero: ZeroPiece | undefined;
-  for await (const { position, block } of fileBlocks(file)) {
+  for await (const { position, block } of fileBlocks(file, buffers)) {
     const pieces: Iterable<DataPiece | ZeroPiece> = sparse
       ? splitZeroRuns(block, baseOffset + position)
       : [{ offset: baseOffset + position, data: block }];
@@ -157,6 +164,7 @@ export async function* filePieces(
         yield pendingZero;
         pendingZero = undefined;
       }
+      buffers?.lend(piece.data);
       yield piece;
     }
   }
@@ -176,16 +184,18 @@ export async function uploadFile(
   try {
     const wire = wireChannelsOf(client);
     if (wire !== undefined) {
-      // fileBlocks reads into a fresh buffer every time, so the pieces can go out without a copy.
+      // Read buffers are lent to the connection and reused once written out, so the pieces go out uncopied.
+      const buffers = new UploadBuffers(READ_SIZE);
       return await writeVolumeWire(
         wire.uploads,
         volume,
-        filePieces(file, options?.offset ?? 0, options?.sparse ?? true),
+        filePieces(file, options?.offset ?? 0, options?.sparse ?? true, buffers),
         {
           zeroDetection: options?.zeroDetection ?? "off",
           signal: options?.signal,
           slice: UPLOAD_SLICE,
           ownsBuffers: true,
+          onSent: (view) => buffers.returned(view),
         },
       );
     }

@@ -213,9 +213,16 @@ export class WireCall {
    * when the call is already over (the server ended it, or it failed): the caller stops sending and reads
    * the outcome from `finish()` / `next()`.
    */
-  async write(bytes: Buffer): Promise<boolean> {
+  async write(bytes: Buffer, onWritten?: (bytes: Buffer) => void): Promise<boolean> {
     if (this.over) return false;
-    if (this.stream.write(bytes)) return true;
+    const accepted =
+      onWritten === undefined
+        ? this.stream.write(bytes)
+        : this.stream.write(bytes, (err) => {
+            // After a failure the buffer may still be referenced: it is left to the GC, never reused.
+            if (!err) onWritten(bytes);
+          });
+    if (accepted) return true;
     await new Promise<void>((resolve) => {
       const done = () => {
         this.stream.off("drain", done);

@@ -72,6 +72,8 @@ export interface WireWriteOptions {
    * asked for, as the caller may reuse its buffer.
    */
   ownsBuffers: boolean;
+  /** With ownsBuffers: called with each data slice once the connection has written it out. */
+  onSent?: ((view: Buffer) => void) | undefined;
 }
 
 /**
@@ -104,7 +106,7 @@ export async function writeVolumeWire(
           const end = Math.min(data.length, at + options.slice);
           const slice = options.ownsBuffers ? data.subarray(at, end) : Buffer.from(data.subarray(at, end));
           if (await call.write(encodeWriteChunkHeader(piece.offset + at, slice.length)))
-            sending = await call.write(slice);
+            sending = await call.write(slice, options.ownsBuffers ? options.onSent : undefined);
           else sending = false;
         }
       }
