@@ -80,7 +80,7 @@ export async function openHostFile(path: string, opts: OpenHostFileOptions): Pro
         reason: "NOT_A_REGULAR_FILE",
       });
     }
-    const capabilities = await probeCapabilities(handle.fd, path, opts.readOnly);
+    const capabilities = await probeCapabilities(handle.fd, path, stat.dev, opts.readOnly);
     return new NodeHostFile(handle, opts.readOnly, capabilities, opts.datasync);
   } catch (err) {
     await handle.close().catch(() => undefined);
@@ -88,13 +88,27 @@ export async function openHostFile(path: string, opts: OpenHostFileOptions): Pro
   }
 }
 
+type FallocateModes = Pick<HostCapabilities, "allocate" | "zeroRange" | "punchHole">;
+
 /**
- * Probed once at open. fallocate modes are tried on an unnamed O_TMPFILE in the same directory (same file
+ * fallocate support by file system (st_dev). It is a property of the file system, so it is probed once per
+ * process rather than at every open: the probe is synchronous, and a punch hole on a busy ext4 can hold
+ * the event loop for tens of milliseconds, paid on every volume creation and first open otherwise.
+ */
+const fallocateModesByDevice = new Map<number, FallocateModes>();
+
+/**
+ * Probed at open. fallocate modes are tried on an unnamed O_TMPFILE in the same directory (same file
  * system), because no fallocate call on the image itself is both harmless and able to reveal support:
  * a zero length fails with EINVAL before the file system is even asked. Without O_TMPFILE the modes are
  * assumed present and switched off at the first EOPNOTSUPP.
  */
-async function probeCapabilities(fd: number, path: string, readOnly: boolean): Promise<HostCapabilities> {
+async function probeCapabilities(
+  fd: number,
+  path: string,
+  device: number,
+  readOnly: boolean,
+): Promise<HostCapabilities> {
   const caps: HostCapabilities = {
     allocate: !readOnly,
     punchHole: !readOnly,
@@ -103,6 +117,8 @@ async function probeCapabilities(fd: number, path: string, readOnly: boolean): P
     ofdLocks: probe(() => ofdTestLock(fd, F_WRLCK, 100, 1)),
   };
   if (readOnly) return caps;
+  const known = fallocateModesByDevice.get(device);
+  if (known !== undefined) return { ...caps, ...known };
   let scratch: FileHandle;
   try {
     scratch = await open(dirname(path), fsConstants.O_RDWR | O_TMPFILE, 0o600);
@@ -116,6 +132,11 @@ async function probeCapabilities(fd: number, path: string, readOnly: boolean): P
     caps.punchHole = probe(() =>
       fallocateSync(sfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, PROBE_LENGTH),
     );
+    fallocateModesByDevice.set(device, {
+      allocate: caps.allocate,
+      zeroRange: caps.zeroRange,
+      punchHole: caps.punchHole,
+    });
   } finally {
     await scratch.close();
   }

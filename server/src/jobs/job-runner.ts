@@ -12,6 +12,14 @@ export interface JobContext {
   progress(done: number, total: number, phase?: string): void;
   /** Changes the phase without touching the byte counts. */
   phase(phase: string): void;
+  /**
+   * Stores `write` (the job's effect on the catalog, e.g. a new volume turning READY) in the same
+   * transaction as the job's SUCCEEDED row: one durable commit instead of two, and no crash window in
+   * which the effect is stored but the job still looks interrupted. Call it last in `run`: once it
+   * returns, the job has succeeded, whatever `run` does afterwards. When the store refuses, neither is
+   * stored and this throws, and `run` fails as with any other error.
+   */
+  commitSuccess(write: () => void): void;
 }
 
 export interface JobSpec<R> {
@@ -22,6 +30,11 @@ export interface JobSpec<R> {
   locks: { volume: string; mode: LockMode }[];
   /** Initial estimate of bytes to process (0 if unknown). */
   totalBytes?: number;
+  /**
+   * Writes stored in the same transaction as the job's QUEUED row (e.g. the record of the volume a
+   * creation makes): either both are stored and the job runs, or neither is and submit throws.
+   */
+  recordWith?: () => void;
   run(ctx: JobContext): Promise<R>;
 }
 
@@ -50,6 +63,8 @@ interface LiveJob {
   /** Counted against maxRunning (set when the pump starts it, not when a queued job is cancelled). */
   counted: boolean;
   lastPersist: number;
+  /** The SUCCEEDED snapshot stored by commitSuccess: the job's final row, never overwritten. */
+  committed?: JobSnapshot;
   rate: RateMeter;
   settled: Promise<void>;
   /**
@@ -169,11 +184,15 @@ export class JobRunner {
     };
     try {
       // Saved before it is registered: a job the catalog could not record (e.g. a full disk) never ran.
-      this.#opts.store.saveJob(live.snapshot);
+      this.#atomically(() => {
+        spec.recordWith?.();
+        this.#opts.store.saveJob(live.snapshot);
+      });
     } catch (err) {
       for (const release of releaseLocks) release();
       throw err;
     }
+    live.lastPersist = Date.now();
     this.#live.set(id, live);
     live.settled = started.then(() => this.#execute(live, spec));
     this.#queue.push(live);
@@ -279,7 +298,7 @@ export class JobRunner {
       return stored;
     }
     if (isTerminal(live.snapshot.state)) return live.snapshot;
-    this.#update(live, { cancelRequested: true }, true);
+    this.#update(live, { cancelRequested: true }, "now");
     live.controller.abort(new EngineError("CANCELLED", why, { reason: "JOB_CANCELLED" }));
     if (live.snapshot.state === "QUEUED") {
       const i = this.#queue.indexOf(live);
@@ -323,36 +342,42 @@ export class JobRunner {
     const signal = live.controller.signal;
     try {
       if (signal.aborted) throw signal.reason;
-      this.#update(
-        live,
-        {
-          state: "RUNNING",
-          startTime: new Date(),
-          progress: { ...live.snapshot.progress, phase: "running" },
-        },
-        true,
-      );
+      // RUNNING gets no commit of its own: after a crash, reconcile fails a job left QUEUED exactly as one
+      // left RUNNING, so the row only catches up with the periodic progress writes or the final state.
+      this.#update(live, {
+        state: "RUNNING",
+        startTime: new Date(),
+        progress: { ...live.snapshot.progress, phase: "running" },
+      });
       const ctx: JobContext = {
         jobId: live.snapshot.id,
         signal,
         progress: (done, total, phase) => this.#progress(live, done, total, phase),
         phase: (phase) =>
           this.#progress(live, live.snapshot.progress.doneBytes, live.snapshot.progress.totalBytes, phase),
+        commitSuccess: (write) => {
+          if (live.committed !== undefined || isTerminal(live.snapshot.state)) {
+            throw new EngineError("INTERNAL", `job ${live.snapshot.id} already ended`, {
+              reason: "JOB_ALREADY_ENDED",
+            });
+          }
+          const succeeded = succeededSnapshot(live.snapshot);
+          this.#atomically(() => {
+            write();
+            this.#opts.store.saveJob(succeeded);
+          });
+          live.committed = succeeded;
+        },
       };
       const result = await spec.run(ctx);
-      const p = live.snapshot.progress;
-      const done = Math.max(p.doneBytes, p.totalBytes);
-      this.#update(
-        live,
-        {
-          state: "SUCCEEDED",
-          endTime: new Date(),
-          result,
-          progress: { ...p, doneBytes: done, totalBytes: done, etaSeconds: 0, phase: "done" },
-        },
-        true,
-      );
+      if (live.committed !== undefined) this.#update(live, { ...live.committed, result }, "never");
+      else this.#update(live, { ...succeededSnapshot(live.snapshot), result }, "now");
     } catch (thrown) {
+      if (live.committed !== undefined) {
+        // The stored success is the outcome; what went wrong after it changed nothing that is recorded.
+        this.#update(live, live.committed, "never");
+        return;
+      }
       const err = EngineError.from(thrown);
       const cancelled = signal.aborted && (err.code === "CANCELLED" || err.code === "DEADLINE_EXCEEDED");
       const reason = cancelled && signal.reason instanceof EngineError ? signal.reason : err;
@@ -369,7 +394,7 @@ export class JobRunner {
           },
           progress: { ...live.snapshot.progress, etaSeconds: 0, phase: cancelled ? "cancelled" : "failed" },
         },
-        true,
+        "now",
       );
     } finally {
       for (const release of live.releaseLocks) release();
@@ -402,16 +427,27 @@ export class JobRunner {
           phase: phase ?? prev.phase,
         },
       },
-      false,
+      "interval",
       milestone,
     );
   }
 
-  #update(live: LiveJob, change: Partial<JobSnapshot>, persistNow = false, milestone = false): void {
+  /**
+   * Publishes a new snapshot to watchers and stores it: "now", "never" (already stored), or "interval"
+   * (only if persistIntervalMs passed since the last write). Nothing is stored over a committed success.
+   */
+  #update(
+    live: LiveJob,
+    change: Partial<JobSnapshot>,
+    persist: "now" | "never" | "interval" = "interval",
+    milestone = false,
+  ): void {
     live.snapshot = { ...live.snapshot, ...change };
     if (milestone) live.milestones.push(live.snapshot);
     const now = Date.now();
-    if (persistNow || now - live.lastPersist >= this.#opts.persistIntervalMs) {
+    const due =
+      persist === "now" || (persist === "interval" && now - live.lastPersist >= this.#opts.persistIntervalMs);
+    if (due && live.committed === undefined) {
       live.lastPersist = now;
       try {
         this.#opts.store.saveJob(live.snapshot);
@@ -423,6 +459,25 @@ export class JobRunner {
     }
     for (const listener of live.listeners) listener();
   }
+
+  /** Runs `fn` in one store transaction when the store has them. */
+  #atomically(fn: () => void): void {
+    const store = this.#opts.store;
+    if (store.transaction === undefined) fn();
+    else store.transaction(fn);
+  }
+}
+
+/** The snapshot a job ends with when it succeeds: all its bytes done. */
+function succeededSnapshot(snapshot: JobSnapshot): JobSnapshot {
+  const p = snapshot.progress;
+  const done = Math.max(p.doneBytes, p.totalBytes);
+  return {
+    ...snapshot,
+    state: "SUCCEEDED",
+    endTime: new Date(),
+    progress: { ...p, doneBytes: done, totalBytes: done, etaSeconds: 0, phase: "done" },
+  };
 }
 
 /** A snapshot whose progress lies behind one already sent (a milestone overtaken by the latest). */

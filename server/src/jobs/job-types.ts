@@ -51,4 +51,9 @@ export interface JobStore {
   saveJob(job: JobSnapshot): void;
   getJob(id: string): JobSnapshot | undefined;
   findJobByRequestId(requestId: string): JobSnapshot | undefined;
+  /**
+   * Runs `fn` atomically (all its writes are stored, or none). A store without transactions runs `fn`
+   * as is; the runner then stores a job's row after the writes that go with it.
+   */
+  transaction?<T>(fn: () => T): T;
 }

@@ -52,12 +52,16 @@ export class JobService {
     const rows = this.ctx.catalog.listJobs({
       limit: pageSize + 1,
       ...(req.volume === "" ? {} : { volume: req.volume }),
-      ...(states.length === 0 ? {} : { states }),
+      ...(states.length === 0 ? {} : { states: storedStatesFor(states) }),
       ...(kind === undefined ? {} : { kind }),
       ...(before === undefined ? {} : { before }),
     });
-    const page = rows.slice(0, pageSize).map((r) => this.ctx.jobs.get(r.id) ?? r);
-    const last = page[page.length - 1];
+    const scanned = rows.slice(0, pageSize);
+    const page = scanned
+      .map((r) => this.ctx.jobs.get(r.id) ?? r)
+      .filter((j) => states.length === 0 || states.includes(j.state));
+    // The token follows the rows scanned, so a page thinned by the state filter still pages on correctly.
+    const last = scanned[scanned.length - 1];
     return {
       jobs: page.map(jobMessage),
       nextPageToken:
@@ -89,6 +93,15 @@ export class JobService {
       });
     return job;
   }
+}
+
+/**
+ * The stored states that may hold a job now in one of `states`: a running job's row can still say QUEUED
+ * (RUNNING gets no commit of its own), so either one selects both, and the live state decides.
+ */
+function storedStatesFor(states: readonly JobState[]): JobState[] {
+  const unfinished = states.includes("QUEUED") || states.includes("RUNNING");
+  return unfinished ? [...new Set<JobState>([...states, "QUEUED", "RUNNING"])] : [...states];
 }
 
 function decodeToken(token: string): { createTime: number; id: string } {

@@ -430,7 +430,8 @@ export class VolumeService {
       if (source !== undefined)
         await this.fillFromSource(source, temp, spec.format, preallocBytes, totalBytes, job);
       await pool.publish(temp, spec.name, spec.format);
-      catalog.updateVolume(spec.name, { state: "READY" });
+      // READY and the job's SUCCEEDED row: one commit, so an acknowledged creation is one fsync away.
+      job.commitSuccess(() => catalog.updateVolume(spec.name, { state: "READY" }));
     };
 
     // A failed or cancelled creation leaves nothing behind: no temp file, no final file, no record.
@@ -447,51 +448,41 @@ export class VolumeService {
       { volume: spec.name, format: spec.format, capacity: spec.capacity, prealloc },
       "creating volume",
     );
-    // The record goes first: if the server dies before the job is saved, reconcile still finds a
-    // CREATING volume to clean up, and a CREATING record is never served.
-    catalog.insertVolume(record);
-    try {
-      return jobs.submit({
-        kind,
-        volume: spec.name,
-        ...(requestId === undefined ? {} : { requestId }),
-        // The backing volume (or a full clone's source chain) is held shared, so it can't change under us.
-        locks: [
-          { volume: spec.name, mode: "exclusive" },
-          ...(spec.backingVolume === undefined
-            ? []
-            : [{ volume: spec.backingVolume, mode: "shared" as const }]),
-          ...(source === undefined
-            ? []
-            : [source, ...backingChain(this.ctx, source)].map((v) => ({
-                volume: v.name,
-                mode: "shared" as const,
-              }))),
-        ],
-        totalBytes,
-        run: async (job) => {
-          try {
-            await work(job);
-          } catch (err) {
-            await cleanup().catch((cleanupErr: unknown) =>
-              log.error(
-                { err: cleanupErr, volume: spec.name },
-                "cleanup after a failed creation failed; reconcile will finish it",
-              ),
-            );
-            throw err;
-          }
-        },
-      }).job;
-    } catch (err) {
-      try {
-        catalog.deleteVolume(spec.name);
-      } catch (removeErr) {
-        // e.g. the catalog's disk is full: the record stays CREATING, never served, and reconcile removes it.
-        log.error({ err: removeErr, volume: spec.name }, "could not remove the record of a refused creation");
-      }
-      throw err;
-    }
+    // The CREATING record commits with the job's QUEUED row (one fsync): a job is never stored without
+    // the record reconcile needs to clean up after it, and a CREATING record is never served.
+    return jobs.submit({
+      kind,
+      volume: spec.name,
+      ...(requestId === undefined ? {} : { requestId }),
+      recordWith: () => catalog.insertVolume(record),
+      // The backing volume (or a full clone's source chain) is held shared, so it can't change under us.
+      locks: [
+        { volume: spec.name, mode: "exclusive" },
+        ...(spec.backingVolume === undefined
+          ? []
+          : [{ volume: spec.backingVolume, mode: "shared" as const }]),
+        ...(source === undefined
+          ? []
+          : [source, ...backingChain(this.ctx, source)].map((v) => ({
+              volume: v.name,
+              mode: "shared" as const,
+            }))),
+      ],
+      totalBytes,
+      run: async (job) => {
+        try {
+          await work(job);
+        } catch (err) {
+          await cleanup().catch((cleanupErr: unknown) =>
+            log.error(
+              { err: cleanupErr, volume: spec.name },
+              "cleanup after a failed creation failed; reconcile will finish it",
+            ),
+          );
+          throw err;
+        }
+      },
+    }).job;
   }
 
   /**
