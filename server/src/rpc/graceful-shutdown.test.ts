@@ -2,10 +2,10 @@ import http2 from "node:http2";
 import {
   Client,
   credentials,
-  type sendUnaryData,
   Server,
   ServerCredentials,
   type ServerUnaryCall,
+  type sendUnaryData,
 } from "@grpc/grpc-js";
 import { afterEach, describe, expect, it } from "vitest";
 import { drainGrpcServer, listHttp2Servers } from "./graceful-shutdown.js";
