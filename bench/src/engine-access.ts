@@ -32,8 +32,9 @@ export async function engineOpen(
   filePath: string,
   format: FormatName,
   readOnly: boolean,
+  opts: { directWrites?: boolean } = {},
 ): Promise<BlockImage> {
-  const file = await openHostFile(filePath, { readOnly });
+  const file = await openHostFile(filePath, { readOnly, ...opts });
   try {
     return await engineDriver(format).open(file, { readOnly });
   } catch (err) {

@@ -13,6 +13,7 @@ import { VolumeLocks } from "./jobs/volume-locks.js";
 import type { Logger } from "./log.js";
 import { Pool } from "./pool/pool.js";
 import { reconcile } from "./pool/reconcile.js";
+import { drainGrpcServer } from "./rpc/graceful-shutdown.js";
 import { serverCredentials } from "./security/credentials.js";
 import { poolWritable } from "./security/pool-health.js";
 import { bearerTokenInterceptor, loadTokens } from "./security/token-auth.js";
@@ -194,17 +195,8 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
       health.setServing(false);
       shutdown.abort();
       await jobs.shutdown(shutdownTimeoutMs);
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(() => {
-          log.warn("calls did not finish in time; forcing shutdown");
-          server.forceShutdown();
-          resolve();
-        }, shutdownTimeoutMs);
-        server.tryShutdown(() => {
-          clearTimeout(timer);
-          resolve();
-        });
-      });
+      if ((await drainGrpcServer(server, shutdownTimeoutMs)) === "forced")
+        log.warn("calls did not finish in time; forcing shutdown");
       await images.closeAll().catch((err: unknown) => log.error({ err }, "closing images failed"));
       catalog.close();
       log.info("stopped");

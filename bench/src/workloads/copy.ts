@@ -149,7 +149,8 @@ export async function engineCopy(
   const src = await engineOpen(source, from, true);
   try {
     await engineCreate(target, to, { size, prealloc: "off" });
-    const dst = await engineOpen(target, to, false);
+    // As CloneVolume FULL opens its target: filled in bulk with O_DIRECT writes.
+    const dst = await engineOpen(target, to, false, { directWrites: true });
     try {
       await copyImage(src, dst);
     } finally {

@@ -195,6 +195,35 @@ export function ofdTestLock(fd: number, type: number, start: number, length: num
   return record.l_type;
 }
 
+/**
+ * True when `bytes` starts at a multiple of `alignment` in memory (O_DIRECT needs aligned user buffers).
+ * false when the address cannot be known.
+ */
+export function isMemoryAligned(bytes: Uint8Array, alignment: number): boolean {
+  try {
+    return koffi.address(bytes) % BigInt(alignment) === 0n;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A Buffer of `size` bytes starting at a multiple of `alignment` in memory, carved out of a slightly larger
+ * Node buffer (Node's own allocations are only 16-byte aligned). Plainly allocated when the address cannot
+ * be known: callers then copy through a bounce buffer or write without O_DIRECT.
+ */
+export function allocAlignedBuffer(size: number, alignment: number): Buffer {
+  const backing = Buffer.allocUnsafeSlow(size + alignment);
+  let address: bigint;
+  try {
+    address = koffi.address(backing);
+  } catch {
+    return backing.subarray(0, size);
+  }
+  const skip = Number((BigInt(alignment) - (address % BigInt(alignment))) % BigInt(alignment));
+  return backing.subarray(skip, skip + size);
+}
+
 /** Bytes of the shared zero region used as the source of O_DIRECT zero writes. */
 export const DIRECT_ZERO_BYTES = 8 * 1024 * 1024;
 const PROT_READ = 0x1;

@@ -1,10 +1,11 @@
 import { existsSync } from "node:fs";
-import { mkdtemp, rm, stat, writeFile } from "node:fs/promises";
+import { mkdtemp, open, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { EngineError } from "../errors.js";
 import type { HostFile } from "./host-file.js";
+import { readCachedSync } from "./libc.js";
 import { openHostFile } from "./node-file.js";
 
 const KiB = 1024;
@@ -339,5 +340,59 @@ describe("fillZeros", () => {
     expect(await f.size()).toBe(32 * MiB);
     expect(await f.seekData(24 * MiB)).toBe(24 * MiB);
     expect(await f.seekHole(24 * MiB)).toBe(32 * MiB);
+  });
+});
+
+describe("directWrites", () => {
+  async function openDirect(name: string): Promise<HostFile> {
+    const f = await openHostFile(join(dir, name), { readOnly: false, create: "new", directWrites: true });
+    opened.push(f);
+    return f;
+  }
+
+  /** Whether [offset, offset + length) of the file is in the page cache (preadv2 RWF_NOWAIT succeeds). */
+  async function cached(name: string, offset: number, length: number): Promise<boolean> {
+    const handle = await open(join(dir, name), "r");
+    try {
+      const result = readCachedSync(handle.fd, new Uint8Array(length), offset);
+      // Without RWF_NOWAIT reads the page cache cannot be observed: fail rather than pass vacuously.
+      expect(result, "preadv2(RWF_NOWAIT) support").not.toBe("unsupported");
+      return result === length;
+    } finally {
+      await handle.close();
+    }
+  }
+
+  it("writes unaligned ranges from unaligned memory exactly, alongside buffered and concurrent writes", async () => {
+    const f = await openDirect("d.img");
+    const reference = new Uint8Array(12 * MiB);
+    const writes: Array<[number, Uint8Array]> = [
+      [1000, pattern(3 * MiB + 77, 1).subarray(5)], // unaligned offset, length and memory
+      [4 * MiB, pattern(2 * MiB, 2)], // aligned everything
+      [6 * MiB + 4096, pattern(100, 3)], // small: buffered
+      [6 * MiB + 8192, pattern(MiB, 4)], // aligned, right after a buffered page
+      [8 * MiB - 10, pattern(4 * MiB + 10, 5)], // ends at end of file
+    ];
+    await Promise.all(writes.map(([offset, data]) => f.write(offset, data)));
+    for (const [offset, data] of writes) reference.set(data, offset);
+    const back = new Uint8Array(reference.length);
+    await f.readFull(0, back);
+    expectBytes(back, reference);
+    expect(await f.size()).toBe(12 * MiB);
+    await f.flush();
+  });
+
+  it("keeps the aligned body of large writes out of the page cache, and small writes in it", async () => {
+    const f = await openDirect("c.img");
+    await f.write(0, pattern(4 * MiB, 6));
+    await f.write(4 * MiB, pattern(4096, 7));
+    expect(await cached("c.img", 0, 4 * MiB)).toBe(false);
+    expect(await cached("c.img", 4 * MiB, 4096)).toBe(true);
+  });
+
+  it("is off unless asked for: the same write stays in the page cache", async () => {
+    const f = await openNew("b.img");
+    await f.write(0, pattern(4 * MiB, 8));
+    expect(await cached("b.img", 0, 4 * MiB)).toBe(true);
   });
 });

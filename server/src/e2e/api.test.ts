@@ -1,3 +1,4 @@
+import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { status } from "@grpc/grpc-js";
@@ -777,5 +778,50 @@ describe("qcow2 volumes", () => {
       labels: { clone: "yes" },
     });
     await expectStatus(clone("ghost", "c", CloneMode.CLONE_MODE_LINKED), status.NOT_FOUND);
+  });
+
+  it("clones FULL from qcow2 to raw exactly as qemu-img convert does, holes included", async () => {
+    await createVolume(h, "full-src", {
+      format: VolumeFormat.VOLUME_FORMAT_QCOW2,
+      capacityBytes: BigInt(16 * MIB),
+    });
+    const pieces: Array<[number, Buffer]> = [
+      [MIB, Buffer.alloc(MIB, 0x5a)],
+      [4 * MIB + 512, Buffer.from(Array.from({ length: 3 * MIB + 100 }, (_, i) => (i * 7) & 0xff))],
+      [15 * MIB, Buffer.alloc(64 * 1024, 0x33)],
+    ];
+    await write([open("full-src"), ...pieces.map(([offset, data]) => chunk(offset, data))]);
+    const events = await collect(
+      h.volumes.cloneVolume({
+        source: "full-src",
+        name: "full-raw",
+        mode: CloneMode.CLONE_MODE_FULL,
+        format: VolumeFormat.VOLUME_FORMAT_RAW,
+        preallocation: 0,
+        clusterSize: 0,
+        qcow2: undefined,
+        vmdk: undefined,
+        labels: {},
+        requestId: "",
+        cancelOnDisconnect: false,
+      }),
+    );
+    expect(events[events.length - 1]?.job?.state).toBe(JobState.JOB_STATE_SUCCEEDED);
+    // The oracle: qemu-img's own conversion of the source. -U: the server holds image locks.
+    const source = path.join(h.pool, "full-src.qcow2");
+    const clone = path.join(h.pool, "full-raw.raw");
+    const peer = path.join(h.pool, "..", `${path.basename(h.pool)}-peer.raw`);
+    try {
+      execFileSync("qemu-img", ["convert", "-U", "-f", "qcow2", "-O", "raw", source, peer], {
+        stdio: "pipe",
+      });
+      execFileSync("qemu-img", ["compare", "-U", "-f", "raw", "-F", "raw", peer, clone], { stdio: "pipe" });
+      // As sparse as qemu-img's output (give or take the file system's extent-tree blocks).
+      const allocated = fs.statSync(clone).blocks * 512;
+      expect(Math.abs(allocated - fs.statSync(peer).blocks * 512)).toBeLessThanOrEqual(64 * 1024);
+      expect(allocated).toBeLessThan(6 * MIB);
+    } finally {
+      fs.rmSync(peer, { force: true });
+    }
   });
 });

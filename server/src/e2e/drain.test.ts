@@ -15,13 +15,20 @@ describe("graceful drain", () => {
     const watch = client.watch({ service: "vdisk.v1.VolumeService" });
     watch.on("error", () => {});
     const statuses: string[] = [];
+    let watching: () => void = () => {};
+    const serving = new Promise<void>((resolve) => {
+      watching = resolve;
+    });
     const notServing = new Promise<void>((resolve) => {
       watch.on("data", (m: { status: string }) => {
         statuses.push(m.status);
+        if (m.status === "SERVING") watching();
         if (m.status === "NOT_SERVING") resolve();
       });
     });
-    await new Promise((r) => setTimeout(r, 100));
+    // The watch must be established before the drain starts (a fixed delay is too short on a loaded machine:
+    // a watch that only reaches the server after GOAWAY is refused and never sees NOT_SERVING).
+    await serving;
     const closed = h.stop();
     await notServing;
     await closed;

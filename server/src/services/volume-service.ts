@@ -499,7 +499,8 @@ export class VolumeService {
   ): Promise<void> {
     const { engine, images } = this.ctx;
     const sourceImage = await images.get(source);
-    const file = await engine.openHostFile(temp, { readOnly: false });
+    // Filled once, in bulk, by this job: its data goes to the device directly, not through the page cache.
+    const file = await engine.openHostFile(temp, { readOnly: false, directWrites: true });
     let target: BlockImage;
     try {
       target = await engine.driverFor(format).open(file, { readOnly: false });

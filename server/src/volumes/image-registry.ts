@@ -5,7 +5,10 @@ import type { Pool } from "../pool/pool.js";
 
 /** The engine pieces the server needs to open and create images, supplied by startServer (tests may wrap them). */
 export interface EngineDeps {
-  openHostFile(path: string, opts: { readOnly: boolean; create?: "new" | "truncate" }): Promise<HostFile>;
+  openHostFile(
+    path: string,
+    opts: { readOnly: boolean; create?: "new" | "truncate"; directWrites?: boolean },
+  ): Promise<HostFile>;
   /** The driver of a stored format; UNSUPPORTED if this build has none. */
   driverFor(format: FormatName): BlockDriver;
 }
