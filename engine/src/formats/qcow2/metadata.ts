@@ -86,7 +86,13 @@ export class Qcow2Metadata {
         await this.barrier();
       },
       switchRefcountTable: async (offset, clusters) => {
-        await this.writeCountOffsetPair(FIELD.refcountTable, true, clusters, offset, "reftable_grow.switch_table");
+        await this.writeCountOffsetPair(
+          FIELD.refcountTable,
+          true,
+          clusters,
+          offset,
+          "reftable_grow.switch_table",
+        );
         this.header.refcountTableOffset = offset;
         this.header.refcountTableClusters = clusters;
       },
