@@ -32,6 +32,44 @@ async function collect(it: AsyncIterable<JobSnapshot>): Promise<JobSnapshot[]> {
 }
 
 describe("JobRunner", () => {
+  it("stores a short job twice: QUEUED at submit and its end (RUNNING and progress steps get no write)", async () => {
+    const { runner, store } = makeRunner({ persistIntervalMs: 60_000 });
+    const { job } = runner.submit({ kind: "CREATE_VOLUME", volume: "v", locks: [], run: steppingJob(20, 1) });
+    const states: string[] = [];
+    const save = store.saveJob.bind(store);
+    store.saveJob = (j) => {
+      states.push(j.state);
+      save(j);
+    };
+    expect(store.saves).toBe(1);
+    expect((await collect(runner.watch(job.id))).at(-1)?.state).toBe("SUCCEEDED");
+    expect(states).toEqual(["SUCCEEDED"]);
+    expect(store.getJob(job.id)).toMatchObject({ state: "SUCCEEDED", progress: { doneBytes: 2000 } });
+  });
+
+  it("commitSuccess stores the job's effect with its SUCCEEDED row, and nothing is stored over it", async () => {
+    const { runner, store } = makeRunner();
+    const effects: string[] = [];
+    const { job } = runner.submit({
+      kind: "CREATE_VOLUME",
+      volume: "v",
+      locks: [],
+      totalBytes: 10,
+      run: async (ctx) => {
+        ctx.progress(5, 10);
+        ctx.commitSuccess(() => effects.push("ready"));
+        expect(store.getJob(ctx.jobId)?.state).toBe("SUCCEEDED");
+        ctx.progress(7, 10); // too late to change anything
+        runner.cancel(ctx.jobId);
+        throw new Error("after the commit");
+      },
+    });
+    const last = (await collect(runner.watch(job.id))).at(-1);
+    expect(effects).toEqual(["ready"]);
+    expect(last).toMatchObject({ state: "SUCCEEDED", progress: { doneBytes: 10, totalBytes: 10 } });
+    expect(store.getJob(job.id)).toMatchObject({ state: "SUCCEEDED", cancelRequested: false });
+  });
+
   it("runs a job to SUCCEEDED with monotonic, coalesced progress and a terminal snapshot", async () => {
     const { runner, store } = makeRunner();
     const { job } = runner.submit({

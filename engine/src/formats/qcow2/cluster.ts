@@ -46,19 +46,38 @@ export function writeL2Raw(
   alloc = 0,
   zero = 0,
 ): void {
-  const at = index * md.layout.l2EntryBytes;
-  table.writeUInt32BE(hi >>> 0, at);
-  table.writeUInt32BE(lo >>> 0, at + 4);
-  if (md.layout.l2EntryBytes === 16) {
-    table.writeUInt32BE(zero >>> 0, at + 8);
-    table.writeUInt32BE(alloc >>> 0, at + 12);
+  const bytes = md.layout.l2EntryBytes;
+  const at = entryAt(table, index, bytes);
+  // Byte stores after one range check: Buffer.writeUInt32BE validates every call, and preallocating
+  // gigabytes writes tens of thousands of entries in a row.
+  putUint32(table, at, hi);
+  putUint32(table, at + 4, lo);
+  if (bytes === 16) {
+    putUint32(table, at + 8, zero);
+    putUint32(table, at + 12, alloc);
   }
+}
+
+/** Byte offset of entry `index`; a RangeError (a bug, never a file's doing) when it is not in the table. */
+function entryAt(table: Buffer, index: number, bytes: number): number {
+  const at = index * bytes;
+  if (!Number.isInteger(index) || index < 0 || at + bytes > table.length)
+    throw new RangeError(`L2 entry ${index} is outside the table`);
+  return at;
+}
+
+function putUint32(into: Buffer, at: number, value: number): void {
+  into[at] = value >>> 24;
+  into[at + 1] = (value >>> 16) & 0xff;
+  into[at + 2] = (value >>> 8) & 0xff;
+  into[at + 3] = value & 0xff;
 }
 
 /** An all-zero entry (and bitmap): unallocated, valid in every format variant; fresh tables hold only these. */
 function isEmptyEntry(md: Qcow2Metadata, table: Buffer, index: number): boolean {
-  const at = index * md.layout.l2EntryBytes;
-  for (let k = 0; k < md.layout.l2EntryBytes; k += 4) if (table.readUInt32BE(at + k) !== 0) return false;
+  const bytes = md.layout.l2EntryBytes;
+  const at = entryAt(table, index, bytes);
+  for (let k = 0; k < bytes; k++) if (table[at + k] !== 0) return false;
   return true;
 }
 
@@ -510,8 +529,9 @@ export async function preallocateClusters(
     const tableEnd = Math.min(end, (l1Index + 1) * layout.l2Coverage);
     const { table, offset: tableOffset } = await getL2ForWrite(md, l1Index);
     const needs: number[] = [];
-    for (let p = pos; p < tableEnd; p += cs) {
-      const index = l2IndexOf(layout, p);
+    const first = l2IndexOf(layout, pos);
+    const count = Math.ceil((tableEnd - pos) / cs);
+    for (let index = first; index < first + count; index++) {
       if (isEmptyEntry(md, table, index)) {
         needs.push(index);
         continue;
@@ -521,12 +541,12 @@ export async function preallocateClusters(
     }
     if (needs.length > 0) {
       const base = await md.refcounts.allocateFresh(needs.length);
-      needs.forEach((index, k) => {
-        const host = base + k * cs;
-        const zero = md.ctx.version === 3 && !md.ctx.extendedL2;
-        const { hi, lo } = encodeStandardEntry(host, zero, true);
-        writeL2Raw(md, table, index, hi, lo, 0, md.ctx.extendedL2 ? FULL_MASK : 0);
-      });
+      const zero = md.ctx.version === 3 && !md.ctx.extendedL2;
+      const bitmapZero = md.ctx.extendedL2 ? FULL_MASK : 0;
+      for (let k = 0; k < needs.length; k++) {
+        const { hi, lo } = encodeStandardEntry(base + k * cs, zero, true);
+        writeL2Raw(md, table, needs[k] as number, hi, lo, 0, bitmapZero);
+      }
       md.l2.markDirty(tableOffset);
       runs.push([base, needs.length * cs]);
     }

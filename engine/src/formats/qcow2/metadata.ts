@@ -39,6 +39,12 @@ export class Qcow2Metadata {
   snapshotTableBytes = 0;
   /** Something was written since the last fdatasync. */
   private unsynced = false;
+  /**
+   * False while a new image is being built (createQcow2): nothing refers to the file yet and a crash
+   * loses it whole, so the ordering fdatasyncs between the stages of a flush buy nothing; each flush
+   * then ends with a single one. Preallocating a new image otherwise pays five in a row.
+   */
+  orderedFlush = true;
   /** The first host I/O failure of a mutating operation: writes stop until the image is reopened. */
   writeFailure: EngineError | undefined;
   /** Set once corruption was detected: writes stop. */
@@ -80,7 +86,13 @@ export class Qcow2Metadata {
         await this.barrier();
       },
       switchRefcountTable: async (offset, clusters) => {
-        await this.writeCountOffsetPair(FIELD.refcountTable, true, clusters, offset, "reftable_grow.switch_table");
+        await this.writeCountOffsetPair(
+          FIELD.refcountTable,
+          true,
+          clusters,
+          offset,
+          "reftable_grow.switch_table",
+        );
         this.header.refcountTableOffset = offset;
         this.header.refcountTableClusters = clusters;
       },
@@ -136,6 +148,12 @@ export class Qcow2Metadata {
   }
 
   async barrier(): Promise<void> {
+    if (!this.orderedFlush) return;
+    await this.sync();
+  }
+
+  /** fdatasync if anything was written since the last one. */
+  private async sync(): Promise<void> {
     if (!this.unsynced) return;
     this.unsynced = false;
     await this.file.flush({ point: "flush" });
@@ -281,7 +299,7 @@ export class Qcow2Metadata {
       // until none did, so every entry in the write-back below has its data durable.
       do {
         await this.barrier();
-      } while (this.unsynced);
+      } while (this.unsynced && this.orderedFlush);
       await this.l2.writeDirty();
       this.noteWrite();
     }
@@ -301,7 +319,7 @@ export class Qcow2Metadata {
       await this.inflight.settleCurrent();
       this.refcounts.makeReusable(freed);
     }
-    await this.barrier();
+    await this.sync();
   }
 
   private async writeDirtyL1(): Promise<void> {

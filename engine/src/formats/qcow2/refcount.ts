@@ -5,7 +5,7 @@ import { MetadataCache } from "./cache.js";
 import { corrupt } from "./errors.js";
 import { MAX_HOST_OFFSET, MAX_REFTABLE_BYTES } from "./header.js";
 import { alignUp, consecutiveRuns, type Layout, refcountIndexOf } from "./layout.js";
-import { getRefcountEntry, maxRefcount, setRefcountEntry } from "./refcount-entry.js";
+import { claimZeroEntries, getRefcountEntry, maxRefcount, setRefcountEntry } from "./refcount-entry.js";
 
 /** Hooks the refcount manager needs from the image to relocate the refcount table safely. */
 export interface RefcountHost {
@@ -241,11 +241,7 @@ export class RefcountManager {
       if (tableIndex >= this.tableEntries) await this.growTable(tableIndex + 1);
       const block = (await this.loadBlock(tableIndex)) ?? (await this.createBlock(tableIndex));
       const n = Math.min(count - taken, this.layout.refcountsPerBlock - blockIndex);
-      let k = 0;
-      while (k < n && getRefcountEntry(block, blockIndex + k, this.bits) === 0) {
-        setRefcountEntry(block, blockIndex + k, this.bits, 1);
-        k++;
-      }
+      const k = claimZeroEntries(block, blockIndex, n, this.bits);
       if (k > 0) this.blocks.markDirty(this.blockOffset(tableIndex));
       taken += k;
       if (k < n) break;
