@@ -149,8 +149,8 @@ export async function engineCopy(
   const src = await engineOpen(source, from, true);
   try {
     await engineCreate(target, to, { size, prealloc: "off" });
-    // As CloneVolume FULL opens its target: filled in bulk with O_DIRECT writes.
-    const dst = await engineOpen(target, to, false, { directWrites: true });
+    // As CloneVolume FULL opens its target: a raw one is filled with O_DIRECT writes.
+    const dst = await engineOpen(target, to, false, { directWrites: to === "raw" });
     try {
       await copyImage(src, dst);
     } finally {

@@ -329,7 +329,11 @@ async function convert(
     } finally {
       await created.close();
     }
-    const dstFile = await engine.openHostFile(target, { readOnly: false });
+    // Filled in bulk like a full clone's target: a raw one with O_DIRECT writes (see fillFromSource).
+    const dstFile = await engine.openHostFile(target, {
+      readOnly: false,
+      directWrites: spec.target === "raw",
+    });
     let dst: BlockImage;
     try {
       dst = await driver.open(dstFile, { readOnly: false });

@@ -499,8 +499,10 @@ export class VolumeService {
   ): Promise<void> {
     const { engine, images } = this.ctx;
     const sourceImage = await images.get(source);
-    // Filled once, in bulk, by this job: its data goes to the device directly, not through the page cache.
-    const file = await engine.openHostFile(temp, { readOnly: false, directWrites: true });
+    // A raw target is filled once, in bulk, at scattered offsets of a sparse file: through the page cache
+    // that ran at ~200 MB/s here, with O_DIRECT at ~600 MB/s. qcow2 and vmdk append their clusters at the
+    // end of the file instead, which is fast buffered and no faster direct (extending direct writes).
+    const file = await engine.openHostFile(temp, { readOnly: false, directWrites: format === "raw" });
     let target: BlockImage;
     try {
       target = await engine.driverFor(format).open(file, { readOnly: false });

@@ -112,6 +112,18 @@ describe("ImportVolume / ExportVolume round trips", () => {
     });
   });
 
+  it("converts on import to raw (written with O_DIRECT), identical and sparse", async () => {
+    const srcFile = join(scratch, "src.qcow2");
+    const volume = await client.importFile(srcFile, {
+      name: "conv-raw",
+      format: "qcow2",
+      targetFormat: "raw",
+    });
+    expect(volume).toMatchObject({ format: "raw", capacityBytes: SIZE });
+    await expectIdentical(srcFile, "qcow2", join(poolDir, "conv-raw.raw"), "raw");
+    await expectSparsenessKept(srcFile, "qcow2", join(poolDir, "conv-raw.raw"), "raw");
+  });
+
   it("answers a retried import (same request_id) with the volume it already made", async () => {
     const srcFile = join(scratch, "src.raw");
     const first = await client.importFile(
