@@ -49,9 +49,16 @@ export interface DownloadResult {
   dataBytes: number;
 }
 
+/** File read size of uploads. */
 const READ_SIZE = MiB;
 /** Largest WriteVolume data message of an upload. */
 const UPLOAD_SLICE = MiB;
+/**
+ * Received download chunks are gathered into writes of this size (at offsets that are multiples of it):
+ * page-cache writes of 4 MiB measured at about half the system time of 1 MiB ones here (qemu-img writes
+ * 2 MiB). Uploads stay at 1 MiB messages: 4 MiB ones raised the server's peak RSS by ~60 MiB per stream.
+ */
+const DOWNLOAD_WRITE = 4 * MiB;
 // Granularity of hole detection: large enough for Buffer.equals to run at memory speed, small enough to
 // keep the holes qemu-img and filesystems care about (64 KiB is also the default cluster size).
 const ZERO_BLOCK = 64 * KiB;
@@ -247,28 +254,50 @@ async function writeSparseFile(
 ): Promise<DownloadResult> {
   const file = await open(path, "w");
   const inFlight = new Set<Promise<void>>();
+  // Contiguous received chunks waiting to be written together (see DOWNLOAD_WRITE).
+  let batch: Buffer[] = [];
+  let batchStart = 0;
+  let batchLength = 0;
+  const start = async (written: Promise<void>) => {
+    const write: Promise<void> = written.then(() => {
+      inFlight.delete(write);
+    });
+    write.catch(() => undefined); // awaited below; this only keeps a failure from counting as unhandled
+    inFlight.add(write);
+    if (inFlight.size >= WRITES_IN_FLIGHT) await Promise.race(inFlight);
+  };
+  const flushBatch = async () => {
+    if (batchLength === 0) return;
+    const parts = batch;
+    const at = batchStart;
+    batch = [];
+    batchLength = 0;
+    await start(writePartsFully(file, parts, at));
+  };
   try {
     let end = 0;
     let dataBytes = 0;
     for await (const piece of pieces) {
       if ("zero" in piece) {
+        await flushBatch();
         end = Math.max(end, piece.offset + piece.length);
         continue;
       }
       const length = "parts" in piece ? piece.length : piece.data.length;
-      const written =
-        "parts" in piece
-          ? writePartsFully(file, piece.parts, piece.offset)
-          : writeFully(file, piece.data, piece.offset);
-      const write: Promise<void> = written.then(() => {
-        inFlight.delete(write);
-      });
-      write.catch(() => undefined); // awaited below; this only keeps a failure from counting as unhandled
-      inFlight.add(write);
-      if (inFlight.size >= WRITES_IN_FLIGHT) await Promise.race(inFlight);
+      if ("parts" in piece) {
+        if (batchLength > 0 && piece.offset !== batchStart + batchLength) await flushBatch();
+        if (batchLength === 0) batchStart = piece.offset;
+        for (const part of piece.parts) batch.push(part);
+        batchLength += length;
+        if ((batchStart + batchLength) % DOWNLOAD_WRITE === 0 || batchLength >= DOWNLOAD_WRITE)
+          await flushBatch();
+      } else {
+        await start(writeFully(file, piece.data, piece.offset));
+      }
       dataBytes += length;
       end = Math.max(end, piece.offset + length);
     }
+    await flushBatch();
     await Promise.all(inFlight);
     // Extending with truncate leaves the tail as a hole instead of writing zeros.
     const fileBytes = Math.max(end, minLength());

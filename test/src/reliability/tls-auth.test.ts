@@ -114,6 +114,25 @@ async function outcome(client: VdiskClient): Promise<string> {
   return (err as VdiskError).code;
 }
 
+/**
+ * The same for the two data calls, which the SDK makes on its own HTTP/2 connections (sdk/src/wire): both
+ * must carry the TLS material and the token exactly as the other calls do.
+ */
+async function dataOutcomes(client: VdiskClient): Promise<string[]> {
+  const codeOf = (e: unknown) => {
+    expect(e).toBeInstanceOf(VdiskError);
+    return (e as VdiskError).code;
+  };
+  const read = await (async () => {
+    for await (const _piece of client.readVolume("missing")) return "ok";
+    return "ok";
+  })().then(() => "ok", codeOf);
+  const write = await client
+    .writeVolume("missing", [{ offset: 0, data: Buffer.alloc(16) }])
+    .then(() => "ok", codeOf);
+  return [read, write];
+}
+
 /** grpc.health.v1.Health/Check for the overall service, with hand-encoded messages (status 1 = SERVING). */
 function healthCheck(port: number, creds: ChannelCredentials): Promise<number> {
   const client = new GrpcClient(`127.0.0.1:${port}`, creds);
@@ -170,6 +189,7 @@ describe("mutual TLS with a private CA", () => {
   it("serves a client with a certificate from the CA", async () => {
     const client = connect(server, { ca: ca(), cert: pem["client.pem"], key: pem["client.key"] });
     expect(await outcome(client)).toBe("not_found");
+    expect(await dataOutcomes(client)).toEqual(["not_found", "not_found"]);
   });
 
   it("rejects, in the handshake, clients without a certificate, from another CA, or expired", async () => {
@@ -188,6 +208,9 @@ describe("mutual TLS with a private CA", () => {
 
   it("refuses plaintext clients", async () => {
     expect(await outcome(connect(server))).not.toBe("not_found");
+    for (const code of await dataOutcomes(connect(server))) expect(code).not.toBe("not_found");
+    const stranger = connect(server, { ca: ca(), cert: pem["stranger.pem"], key: pem["stranger.key"] });
+    for (const code of await dataOutcomes(stranger)) expect(["not_found", "ok"]).not.toContain(code);
   });
 });
 
@@ -205,12 +228,18 @@ describe("bearer tokens", () => {
   it("answers UNAUTHENTICATED without a token or with a wrong one", async () => {
     expect(await outcome(connect(server, tls()))).toBe("unauthenticated");
     expect(await outcome(connect(server, tls(), "second-tokenX"))).toBe("unauthenticated");
+    expect(await dataOutcomes(connect(server, tls()))).toEqual(["unauthenticated", "unauthenticated"]);
+    expect(await dataOutcomes(connect(server, tls(), "second-tokenX"))).toEqual([
+      "unauthenticated",
+      "unauthenticated",
+    ]);
     expect(await outcome(connect(server, tls(), "# operators"))).toBe("unauthenticated");
   });
 
   it("serves any listed token", async () => {
     expect(await outcome(connect(server, tls(), "first-token"))).toBe("not_found");
     expect(await outcome(connect(server, tls(), "second-token"))).toBe("not_found");
+    expect(await dataOutcomes(connect(server, tls(), "first-token"))).toEqual(["not_found", "not_found"]);
   });
 
   it("keeps health reachable without a token", async () => {
