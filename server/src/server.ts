@@ -112,9 +112,18 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
     maxRunning: config.maxJobs,
     onPersistError: (err, job) =>
       log.error({ err, job: job.id, kind: job.kind, state: job.state }, "could not record a job's progress"),
+    // A failure's message is kept server-side too: for INTERNAL it is all an operator gets (clients see a
+    // generic text).
     onJobEnd: (job) =>
-      log.info(
-        { job: job.id, kind: job.kind, volume: job.volume, state: job.state, reason: job.error?.reason },
+      log[job.error?.code === "INTERNAL" ? "error" : "info"](
+        {
+          job: job.id,
+          kind: job.kind,
+          volume: job.volume,
+          state: job.state,
+          reason: job.error?.reason,
+          ...(job.error === undefined ? {} : { error: job.error.message }),
+        },
         "job ended",
       ),
   });

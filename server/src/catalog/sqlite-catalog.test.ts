@@ -107,4 +107,46 @@ describe("SqliteCatalog", () => {
     expect(c.getVolume("t")).toBeUndefined();
     c.close();
   });
+  it("reports a transaction's own error when SQLite already rolled it back (no 'cannot rollback')", () => {
+    const c = SqliteCatalog.open(":memory:");
+    const db = (c as unknown as { db: { exec(sql: string): void } }).db;
+    // What SQLite does by itself after SQLITE_FULL at COMMIT: the transaction is gone when the error surfaces.
+    const full = Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" });
+    let thrown: unknown;
+    try {
+      c.transaction(() => {
+        c.insertVolume(volumeRecord("lost"));
+        db.exec("ROLLBACK");
+        throw full;
+      });
+    } catch (err) {
+      thrown = err;
+    }
+    expect(thrown).toBeInstanceOf(EngineError);
+    expect((thrown as EngineError).code).toBe("NO_SPACE");
+    expect(c.getVolume("lost")).toBeUndefined();
+    c.transaction(() => c.insertVolume(volumeRecord("next")));
+    expect(c.getVolume("next")).toBeDefined();
+  });
+
+  it("maps a catalog that cannot grow inside a transaction to NO_SPACE and stays usable", () => {
+    const c = SqliteCatalog.open(":memory:");
+    const db = (c as unknown as { db: { pragma(sql: string): unknown } }).db;
+    const pages = db.pragma("page_count") as { page_count: number }[];
+    db.pragma(`max_page_count = ${pages[0]?.page_count ?? 1}`);
+    let thrown: unknown;
+    try {
+      c.transaction(() => {
+        for (let i = 0; i < 200; i++)
+          c.insertVolume(volumeRecord(`v${i}`, { labels: { pad: "x".repeat(500) } }));
+      });
+    } catch (err) {
+      thrown = err;
+    }
+    expect((thrown as EngineError).code).toBe("NO_SPACE");
+    expect(c.getVolume("v0")).toBeUndefined();
+    db.pragma("max_page_count = 1073741823");
+    c.transaction(() => c.insertVolume(volumeRecord("after")));
+    expect(c.getVolume("after")).toBeDefined();
+  });
 });

@@ -141,12 +141,12 @@ export class SqliteCatalog implements Catalog {
       );
     }
     for (let v = current + 1; v <= MIGRATIONS.length; v++) {
-      this.db.transaction(() => {
+      this.atomically(() => {
         this.db.exec(MIGRATIONS[v - 1] as string);
         this.db
           .prepare("INSERT INTO schema_migrations (version, applied_time) VALUES (?, ?)")
           .run(v, Date.now());
-      })();
+      });
     }
   }
 
@@ -321,7 +321,30 @@ export class SqliteCatalog implements Catalog {
   }
 
   transaction<T>(fn: () => T): T {
-    return this.write(() => this.db.transaction(fn)());
+    return this.write(() => this.atomically(fn));
+  }
+
+  /**
+   * BEGIN … COMMIT, rolled back on error. Not libsql's transaction(): it always issues ROLLBACK, but SQLite
+   * may already have rolled the transaction back by itself (SQLITE_FULL at COMMIT on a full disk does), and
+   * the failing ROLLBACK ("no transaction is active") then replaces the error that matters.
+   */
+  private atomically<T>(fn: () => T): T {
+    this.db.exec("BEGIN");
+    try {
+      const result = fn();
+      this.db.exec("COMMIT");
+      return result;
+    } catch (err) {
+      if (this.db.inTransaction) {
+        try {
+          this.db.exec("ROLLBACK");
+        } catch {
+          // The first error is the one to report.
+        }
+      }
+      throw err;
+    }
   }
 
   /** Runs a statement that writes, so a full disk surfaces as NO_SPACE rather than an unclassified error. */
