@@ -32,7 +32,7 @@ export async function engineOpen(
   filePath: string,
   format: FormatName,
   readOnly: boolean,
-  opts: { directWrites?: boolean } = {},
+  opts: { directWrites?: boolean; writeBehindBytes?: number } = {},
 ): Promise<BlockImage> {
   const file = await openHostFile(filePath, { readOnly, ...opts });
   try {

@@ -1,6 +1,6 @@
 import path from "node:path";
 import type { FormatName } from "@vdisk/engine";
-import { copyImage } from "@vdisk/engine";
+import { BULK_FILL_WRITE_BEHIND_BYTES, copyImage } from "@vdisk/engine";
 import type { VdiskClient } from "@vdisk/sdk";
 import { VdiskError } from "@vdisk/sdk";
 import { engineCreate, engineOpen } from "../engine-access.js";
@@ -149,8 +149,11 @@ export async function engineCopy(
   const src = await engineOpen(source, from, true);
   try {
     await engineCreate(target, to, { size, prealloc: "off" });
-    // As CloneVolume FULL opens its target: a raw one is filled with O_DIRECT writes.
-    const dst = await engineOpen(target, to, false, { directWrites: to === "raw" });
+    // As CloneVolume FULL opens its target: a raw one is filled with O_DIRECT writes, others with write-behind.
+    const dst = await engineOpen(target, to, false, {
+      directWrites: to === "raw",
+      writeBehindBytes: BULK_FILL_WRITE_BEHIND_BYTES,
+    });
     try {
       await copyImage(src, dst);
     } finally {

@@ -6,4 +6,4 @@ export {
   type MemoryFileOptions,
   type MemoryFileStats,
 } from "./memory-file.js";
-export { type OpenHostFileOptions, openHostFile } from "./node-file.js";
+export { BULK_FILL_WRITE_BEHIND_BYTES, type OpenHostFileOptions, openHostFile } from "./node-file.js";

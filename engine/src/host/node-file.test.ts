@@ -294,6 +294,85 @@ describe("flush and fsync failure", () => {
   });
 });
 
+describe("write-behind", () => {
+  /** A file whose fdatasync calls are recorded and finish only when released, so tests see them running. */
+  async function openWithHeldSyncs(writeBehindBytes: number | undefined) {
+    const syncs: Array<{ release: (error?: Error) => void }> = [];
+    const f = await openHostFile(join(dir, "wb.img"), {
+      readOnly: false,
+      create: "new",
+      ...(writeBehindBytes === undefined ? {} : { writeBehindBytes }),
+      datasync: () =>
+        new Promise<void>((resolve, reject) => {
+          syncs.push({ release: (error) => (error ? reject(error) : resolve()) });
+        }),
+    });
+    opened.push(f);
+    return { f, syncs };
+  }
+  const settle = () => new Promise((resolve) => setImmediate(resolve));
+
+  it("starts one background fdatasync per step of buffered writes, never two at once", async () => {
+    const { f, syncs } = await openWithHeldSyncs(256 * KiB);
+    await f.write(0, pattern(128 * KiB, 1));
+    expect(syncs).toHaveLength(0);
+    await f.writev(128 * KiB, [pattern(64 * KiB, 2), pattern(64 * KiB, 3)]);
+    expect(syncs).toHaveLength(1);
+    // While it runs, more steps of writes start nothing.
+    await f.write(256 * KiB, pattern(512 * KiB, 4));
+    expect(syncs).toHaveLength(1);
+    syncs[0]?.release();
+    await settle();
+    await f.write(768 * KiB, pattern(256 * KiB, 5));
+    expect(syncs).toHaveLength(2);
+    // flush waits for the background one, then syncs itself (data written since it started needs it).
+    const flushed = f.flush();
+    await settle();
+    expect(syncs).toHaveLength(2);
+    syncs[1]?.release();
+    await settle();
+    expect(syncs).toHaveLength(3);
+    syncs[2]?.release();
+    await flushed;
+    const back = new Uint8Array(1024 * KiB);
+    await f.readFull(0, back);
+    expectBytes(back.subarray(768 * KiB), pattern(256 * KiB, 5));
+  });
+
+  it("is off unless asked for", async () => {
+    const { f, syncs } = await openWithHeldSyncs(undefined);
+    await f.write(0, pattern(4 * MiB, 6));
+    expect(syncs).toHaveLength(0);
+  });
+
+  it("a failed background fdatasync fails the next flush, and the file stays failed", async () => {
+    const { f, syncs } = await openWithHeldSyncs(64 * KiB);
+    await f.write(0, pattern(64 * KiB, 7));
+    expect(syncs).toHaveLength(1);
+    syncs[0]?.release(Object.assign(new Error("fdatasync: EIO"), { code: "EIO" }));
+    await settle();
+    // The kernel reported the error to that call only: a second fdatasync would succeed over lost pages.
+    const error = await expectEngineError(f.flush(), "FSYNC_FAILED", "HOST_FSYNC_FAILED");
+    expect(error.metadata.errno).toBe("EIO");
+    expect(syncs).toHaveLength(1);
+    await expectEngineError(f.write(0, new Uint8Array(1)), "FSYNC_FAILED");
+  });
+
+  it("close waits for a background fdatasync under way", async () => {
+    const { f, syncs } = await openWithHeldSyncs(64 * KiB);
+    await f.write(0, pattern(64 * KiB, 8));
+    let closed = false;
+    const closing = f.close().then(() => {
+      closed = true;
+    });
+    await settle();
+    expect(closed).toBe(false);
+    syncs[0]?.release();
+    await closing;
+    expect(closed).toBe(true);
+  });
+});
+
 describe("capability probe agrees with the file system", () => {
   // tmpfs has no FALLOC_FL_ZERO_RANGE: there the probe must report it missing and the call must refuse.
   const dirs = [tmpdir(), "/dev/shm"].filter((d) => existsSync(d));

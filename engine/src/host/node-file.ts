@@ -52,7 +52,23 @@ export interface OpenHostFileOptions {
    * O_DIRECT is refused.
    */
   directWrites?: boolean;
+  /**
+   * For filling a fresh image in bulk through the page cache (a qcow2 or vmdk target of a copy): after
+   * every this many bytes of buffered writes, an fdatasync starts in the background (one at a time), so
+   * the device writes the data while the fill goes on. Otherwise the page cache holds all of it until the
+   * final flush, which then writes it all while nothing else runs (a 717 MiB raw → qcow2 copy here:
+   * ~0.4 s copying, then ~0.6 s in that fdatasync; with this, 0.65–0.8 s in all). It promises nothing:
+   * flush() is still what makes data durable, and a background fdatasync that fails is reported by the
+   * next flush (the kernel reports a write-back error once). Off when absent or 0.
+   */
+  writeBehindBytes?: number;
 }
+
+/**
+ * The write-behind step callers filling an image in bulk use (OpenHostFileOptions.writeBehindBytes): large
+ * enough that a background fdatasync has real work, small enough that the final one finds little left.
+ */
+export const BULK_FILL_WRITE_BEHIND_BYTES = 64 * 1024 * 1024;
 
 /** Node caps one read/write at 2 GiB - 1; larger requests are issued in pieces of this size. */
 const MAX_IO_CHUNK = 1 << 30;
@@ -99,6 +115,9 @@ export async function openHostFile(path: string, opts: OpenHostFileOptions): Pro
     const capabilities = await probeCapabilities(handle.fd, path, stat.dev, opts.readOnly);
     const file = new NodeHostFile(handle, opts.readOnly, capabilities, opts.datasync);
     if (opts.directWrites === true && !opts.readOnly) file.enableDirectWrites();
+    if (opts.writeBehindBytes !== undefined && opts.writeBehindBytes > 0 && !opts.readOnly) {
+      file.enableWriteBehind(opts.writeBehindBytes);
+    }
     return file;
   } catch (err) {
     await handle.close().catch(() => undefined);
@@ -194,6 +213,12 @@ class NodeHostFile implements HostFile {
   private directWrites = false;
   /** Aligned bounce buffers for direct writes of unaligned memory, reused. */
   private readonly bounceBuffers: Buffer[] = [];
+  /** See OpenHostFileOptions.writeBehindBytes; 0 when off. */
+  private writeBehindBytes = 0;
+  /** Buffered bytes written since the last background fdatasync started. */
+  private writtenSinceWriteBehind = 0;
+  /** The background fdatasync under way, if any. */
+  private writeBehindRun: Promise<void> | undefined;
 
   constructor(
     handle: FileHandle,
@@ -248,6 +273,32 @@ class NodeHostFile implements HostFile {
     this.directWrites = true;
   }
 
+  enableWriteBehind(bytes: number): void {
+    this.writeBehindBytes = bytes;
+  }
+
+  /** Counts buffered bytes written and starts a background fdatasync once enough have accumulated. */
+  private noteBufferedWrite(bytes: number): void {
+    if (this.writeBehindBytes === 0) return;
+    this.writtenSinceWriteBehind += bytes;
+    if (this.writeBehindRun !== undefined || this.writtenSinceWriteBehind < this.writeBehindBytes) return;
+    if (this.fsyncFailure !== undefined) return;
+    this.writtenSinceWriteBehind = 0;
+    this.writeBehindRun = this.datasync()
+      .catch((err: unknown) => {
+        // Kept for the next flush: the kernel has now reported this error and will not report it again.
+        this.fsyncFailure = err;
+      })
+      .finally(() => {
+        this.writeBehindRun = undefined;
+      });
+  }
+
+  private async datasync(): Promise<void> {
+    if (this.datasyncOverride) await this.datasyncOverride(this.handle.fd);
+    else await this.handle.datasync();
+  }
+
   async write(offset: number, data: Uint8Array, opts?: IoOptions): Promise<void> {
     checkRange(offset, data.length);
     this.checkWritable();
@@ -276,6 +327,8 @@ class NodeHostFile implements HostFile {
       }
     } catch (err) {
       throw EngineError.from(err);
+    } finally {
+      this.noteBufferedWrite(done);
     }
   }
 
@@ -346,6 +399,8 @@ class NodeHostFile implements HostFile {
       }
     } catch (err) {
       throw EngineError.from(err);
+    } finally {
+      this.noteBufferedWrite(position - offset);
     }
     if (opts?.fua) await this.flush();
   }
@@ -361,10 +416,11 @@ class NodeHostFile implements HostFile {
   }
 
   async flush(): Promise<void> {
+    // A background fdatasync's failure must reach this caller (see writeBehindBytes).
+    await this.writeBehindRun;
     this.checkFsyncHealthy();
     try {
-      if (this.datasyncOverride) await this.datasyncOverride(this.handle.fd);
-      else await this.handle.datasync();
+      await this.datasync();
     } catch (err) {
       // After a failed fsync the kernel may have dropped the dirty pages and cleared the error: a retry
       // could "succeed" over lost data. The file is unusable for writing from here on.
@@ -523,6 +579,7 @@ class NodeHostFile implements HostFile {
     // Closing the only descriptor of the open file description drops its OFD locks.
     this.lockMode = null;
     try {
+      await this.writeBehindRun;
       await this.direct?.close();
       this.direct = null;
       await this.handle.close();

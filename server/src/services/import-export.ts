@@ -2,6 +2,7 @@ import { createHash, randomUUID } from "node:crypto";
 import fs from "node:fs/promises";
 import {
   type BlockImage,
+  BULK_FILL_WRITE_BEHIND_BYTES,
   copyImage,
   EngineError,
   type ExportPiece,
@@ -329,10 +330,12 @@ async function convert(
     } finally {
       await created.close();
     }
-    // Filled in bulk like a full clone's target: a raw one with O_DIRECT writes (see fillFromSource).
+    // Filled in bulk like a full clone's target: a raw one with O_DIRECT writes, others with write-behind
+    // (see fillFromSource).
     const dstFile = await engine.openHostFile(target, {
       readOnly: false,
       directWrites: spec.target === "raw",
+      writeBehindBytes: BULK_FILL_WRITE_BEHIND_BYTES,
     });
     let dst: BlockImage;
     try {

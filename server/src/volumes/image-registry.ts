@@ -7,7 +7,12 @@ import type { Pool } from "../pool/pool.js";
 export interface EngineDeps {
   openHostFile(
     path: string,
-    opts: { readOnly: boolean; create?: "new" | "truncate"; directWrites?: boolean },
+    opts: {
+      readOnly: boolean;
+      create?: "new" | "truncate";
+      directWrites?: boolean;
+      writeBehindBytes?: number;
+    },
   ): Promise<HostFile>;
   /** The driver of a stored format; UNSUPPORTED if this build has none. */
   driverFor(format: FormatName): BlockDriver;
