@@ -1,6 +1,7 @@
 import { createReadStream } from "node:fs";
 import { type FileHandle, open } from "node:fs/promises";
 import type { ExportOptions, ImportSpec, VdiskClient } from "./client.js";
+import { DownloadFileWriter } from "./download-file.js";
 import type { VolumeFormatName, ZeroDetectionName } from "./enums.js";
 import { KiB, MiB } from "./sizes.js";
 import type { DataPiece, ReadPiece, Volume, WritePiece, WriteResult, ZeroPiece } from "./types.js";
@@ -215,33 +216,6 @@ export async function uploadFile(
   }
 }
 
-async function writeFully(file: FileHandle, data: Uint8Array, offset: number): Promise<void> {
-  let written = 0;
-  while (written < data.length) {
-    const { bytesWritten } = await file.write(data, written, data.length - written, offset + written);
-    written += bytesWritten;
-  }
-}
-
-/** Writes the pieces a message arrived in with one writev (a short write finishes piece by piece). */
-async function writePartsFully(file: FileHandle, parts: Buffer[], offset: number): Promise<void> {
-  const total = parts.reduce((sum, part) => sum + part.length, 0);
-  const { bytesWritten } = await file.writev(parts, offset);
-  if (bytesWritten >= total) return;
-  let skip = bytesWritten;
-  let at = offset;
-  for (const part of parts) {
-    if (skip >= part.length) {
-      skip -= part.length;
-      at += part.length;
-      continue;
-    }
-    await writeFully(file, part.subarray(skip), at + skip);
-    at += part.length;
-    skip = 0;
-  }
-}
-
 /**
  * Writes pieces into a fresh local file; zero runs stay holes, and the file is sized to `minLength` at
  * least. Up to WRITES_IN_FLIGHT writes run while the next pieces arrive; pieces never overlap, so their
@@ -252,7 +226,10 @@ async function writeSparseFile(
   pieces: AsyncIterable<ReadPiece | PartsPiece>,
   minLength: () => number,
 ): Promise<DownloadResult> {
-  const file = await open(path, "w");
+  const file = await DownloadFileWriter.create(path, {
+    maxConcurrentWrites: WRITES_IN_FLIGHT,
+    stagingBytes: DOWNLOAD_WRITE,
+  });
   const inFlight = new Set<Promise<void>>();
   // Contiguous received chunks waiting to be written together (see DOWNLOAD_WRITE).
   let batch: Buffer[] = [];
@@ -270,9 +247,10 @@ async function writeSparseFile(
     if (batchLength === 0) return;
     const parts = batch;
     const at = batchStart;
+    const length = batchLength;
     batch = [];
     batchLength = 0;
-    await start(writePartsFully(file, parts, at));
+    await start(file.write(parts, at, length));
   };
   try {
     let end = 0;
@@ -292,7 +270,7 @@ async function writeSparseFile(
         if ((batchStart + batchLength) % DOWNLOAD_WRITE === 0 || batchLength >= DOWNLOAD_WRITE)
           await flushBatch();
       } else {
-        await start(writeFully(file, piece.data, piece.offset));
+        await start(file.write([piece.data], piece.offset, piece.data.length));
       }
       dataBytes += length;
       end = Math.max(end, piece.offset + length);
@@ -301,8 +279,7 @@ async function writeSparseFile(
     await Promise.all(inFlight);
     // Extending with truncate leaves the tail as a hole instead of writing zeros.
     const fileBytes = Math.max(end, minLength());
-    await file.truncate(fileBytes);
-    await file.sync();
+    await file.finish(fileBytes);
     return { fileBytes, dataBytes };
   } finally {
     await Promise.allSettled(inFlight);
