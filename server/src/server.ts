@@ -14,6 +14,7 @@ import type { Logger } from "./log.js";
 import { Pool } from "./pool/pool.js";
 import { reconcile } from "./pool/reconcile.js";
 import { drainGrpcServer } from "./rpc/graceful-shutdown.js";
+import { installPreframedSend } from "./rpc/preframed-send.js";
 import { serverCredentials } from "./security/credentials.js";
 import { poolWritable } from "./security/pool-health.js";
 import { bearerTokenInterceptor, loadTokens } from "./security/token-auth.js";
@@ -141,6 +142,8 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
     health,
   };
 
+  // ReadVolume's chunks are built as complete gRPC frames; this lets grpc-js send them without a copy.
+  installPreframedSend();
   const server = new Server({
     ...GRPC_OPTIONS,
     ...(tokens === undefined ? {} : { interceptors: [bearerTokenInterceptor(tokens)] }),

@@ -128,16 +128,22 @@ export function serverStream<Req, Res>(
   env: AdapterEnv,
   method: string,
   impl: ServerStreamImpl<Req, Res>,
+  opts: {
+    /** Called once a message has been written out (not for messages dropped by a cancelled call). */
+    afterWrite?: (message: Res) => void;
+  } = {},
 ): handleServerStreamingCall<Req, Res> {
+  const { afterWrite } = opts;
   return (call) => {
     const scope = openScope(env, method, call as AnyCall);
     const { signal } = scope.ctx;
     (async () => {
       for await (const message of impl(call.request, scope.ctx)) {
         if (signal.aborted) break;
+        const written = afterWrite === undefined ? undefined : () => afterWrite(message);
         // write() false = the HTTP/2 stream and grpc-js buffers are full: wait for 'drain' rather than
         // queueing unboundedly (grpc-node#1332). The signal ends the wait if the client goes away.
-        if (!call.write(message)) await once(call, "drain", { signal });
+        if (!call.write(message, written)) await once(call, "drain", { signal });
       }
       // A stream cut short (shutdown, deadline) must not end with OK: the client would take a partial
       // read or map for a complete one. Throwing sends the abort reason as the status.

@@ -2,9 +2,11 @@ import { randomBytes } from "node:crypto";
 import { BinaryWriter } from "@bufbuild/protobuf/wire";
 import { describe, expect, it } from "vitest";
 import { ReadVolumeResponse, WriteVolumeRequest } from "../gen/vdisk/v1/data.js";
+import { installPreframedSend } from "../rpc/preframed-send.js";
 import {
   allocateChunkResponse,
   deserializeWriteVolumeRequest,
+  readVolumeResponseWritten,
   serializeReadVolumeResponse,
 } from "./data-codec.js";
 
@@ -111,5 +113,29 @@ describe("pooled chunk buffers", () => {
     second.data.fill(1);
     const expected = Buffer.from(ReadVolumeResponse.encode(second.response).finish());
     expect(serializeReadVolumeResponse(second.response).equals(expected)).toBe(true);
+  });
+});
+
+// Last in this file: installing the pass-through changes what serialize returns from here on.
+describe("framed chunks (grpc-js pass-through installed)", () => {
+  it("serializes to the complete gRPC frame and keeps the buffer until the write completed", async () => {
+    expect(installPreframedSend()).toBe(true);
+    const first = allocateChunkResponse(4096, 256 * 1024);
+    first.data.fill(7);
+    const frame = serializeReadVolumeResponse(first.response);
+    const message = Buffer.from(ReadVolumeResponse.encode(first.response).finish());
+    expect(frame[0]).toBe(0);
+    expect(frame.readUInt32BE(1)).toBe(message.length);
+    expect(frame.subarray(5).equals(message)).toBe(true);
+    // Serialized but not yet written: the buffer is still grpc-js's.
+    await Promise.resolve();
+    const second = allocateChunkResponse(0, 256 * 1024);
+    expect(second.data.buffer).not.toBe(first.data.buffer);
+    readVolumeResponseWritten(first.response);
+    readVolumeResponseWritten(first.response);
+    const third = allocateChunkResponse(0, 256 * 1024);
+    const fourth = allocateChunkResponse(0, 256 * 1024);
+    expect(third.data.buffer).toBe(first.data.buffer);
+    expect(fourth.data.buffer).not.toBe(first.data.buffer);
   });
 });

@@ -1,5 +1,6 @@
 import { BinaryReader } from "@bufbuild/protobuf/wire";
 import { ReadVolumeResponse, WriteVolumeRequest } from "../gen/vdisk/v1/data.js";
+import { FRAME_PREFIX_BYTES, markFramed, preframedSendInstalled } from "../rpc/preframed-send.js";
 
 /**
  * Wire codecs for the two byte-streaming RPCs. The generated ts-proto codecs copy every data chunk
@@ -18,21 +19,27 @@ const DATA_TAG = (2 << 3) | LENGTH_DELIMITED;
 
 /** Marks a response whose complete wire form already exists, so serializing it is free. */
 const ENCODED = Symbol("vdisk.encodedReadVolumeResponse");
-/** The pooled buffer an encoded response lives in, until it is serialized. */
+/** The encoded response with room for the gRPC frame prefix in front (see preframed-send.ts). */
+const FRAME = Symbol("vdisk.readVolumeFrame");
+/** The pooled buffer an encoded response lives in, until it is serialized or written. */
 const SLAB = Symbol("vdisk.readVolumeSlab");
 
-type PreEncoded = ReadVolumeResponse & { [ENCODED]?: Buffer; [SLAB]?: Buffer };
+type PreEncoded = ReadVolumeResponse & { [ENCODED]?: Buffer; [FRAME]?: Buffer; [SLAB]?: Buffer };
 
-/** Room for the largest message header: outer tag + length, offset tag + varint, data tag + length. */
-const HEADER_ROOM = 32;
+/**
+ * Room for the gRPC frame prefix and the largest message header: outer tag + length, offset tag + varint,
+ * data tag + length.
+ */
+const HEADER_ROOM = FRAME_PREFIX_BYTES + 32;
 const POOLED_PAYLOADS = new Set([64 * 1024, 256 * 1024, 1024 * 1024, 2 * 1024 * 1024, 4 * 1024 * 1024]);
 const POOL_DEPTH = 16;
 
 /**
  * Message buffers of the usual chunk sizes, reused. A fresh 1 MiB buffer per message is external memory
  * V8 only returns at a full mark-compact, and it triggers one every few dozen MiB: at bulk rates that was
- * the server's largest CPU cost. grpc-js copies a serialized message into its own framed buffer before
- * serialize's caller returns, so the buffer is free again right after serialization.
+ * the server's largest CPU cost. A buffer is free again once its message is written out (framed buffers
+ * pass through grpc-js), or right after serialization where grpc-js copies every message into a frame of
+ * its own before serialize's caller returns.
  */
 const slabs = new Map<number, Buffer[]>();
 
@@ -86,8 +93,9 @@ export function allocateChunkResponse(offset: number, length: number): ChunkResp
   const inner = offsetField + dataField;
   const header = 1 + varintLength(inner) + inner - length;
   const slab = POOLED_PAYLOADS.has(length) ? takeSlab(length) : undefined;
-  const message =
-    slab === undefined ? Buffer.allocUnsafe(header + length) : slab.subarray(0, header + length);
+  const frameLength = FRAME_PREFIX_BYTES + header + length;
+  const frame = slab === undefined ? Buffer.allocUnsafe(frameLength) : slab.subarray(0, frameLength);
+  const message = frame.subarray(FRAME_PREFIX_BYTES);
   let pos = 0;
   message[pos++] = RESPONSE_CHUNK_TAG;
   pos = writeVarint(message, pos, inner);
@@ -103,26 +111,39 @@ export function allocateChunkResponse(offset: number, length: number): ChunkResp
   const response: PreEncoded = {
     payload: { $case: "chunk", chunk: { offset: BigInt(offset), data } },
     [ENCODED]: message,
+    [FRAME]: frame,
   };
   if (slab !== undefined) response[SLAB] = slab;
   return { response, data };
 }
 
 /**
- * The response's wire form. A pooled buffer goes back to the pool once the caller's synchronous copy is
- * done (grpc-js frames it at once); it is released once only, however often this is called.
+ * The response's wire form: the complete gRPC frame where framed messages pass through grpc-js (its
+ * buffer is then released by readVolumeResponseWritten), else the message, whose pooled buffer goes back to
+ * the pool once grpc-js's synchronous copy into its own frame is done. Released once only, however often
+ * this is called.
  */
 export function serializeReadVolumeResponse(value: ReadVolumeResponse): Buffer {
   const encoded = value as PreEncoded;
   const message = encoded[ENCODED];
   if (message === undefined) return Buffer.from(ReadVolumeResponse.encode(value).finish());
+  const frame = encoded[FRAME];
+  if (frame !== undefined && preframedSendInstalled()) return markFramed(frame);
   const slab = encoded[SLAB];
   if (slab !== undefined) {
     delete encoded[SLAB];
-    const payload = slab.length - HEADER_ROOM;
-    queueMicrotask(() => releaseSlab(payload, slab));
+    queueMicrotask(() => releaseSlab(slab.length - HEADER_ROOM, slab));
   }
   return message;
+}
+
+/** Called once a response's write has completed: its buffer, if pooled and not yet released, is free. */
+export function readVolumeResponseWritten(value: ReadVolumeResponse): void {
+  const encoded = value as PreEncoded;
+  const slab = encoded[SLAB];
+  if (slab === undefined) return;
+  delete encoded[SLAB];
+  releaseSlab(slab.length - HEADER_ROOM, slab);
 }
 
 /**

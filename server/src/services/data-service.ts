@@ -24,6 +24,7 @@ import { markVolumeIfBroken, requireReadyVolume, type ServiceContext, useVolume 
 import {
   allocateChunkResponse,
   deserializeWriteVolumeRequest,
+  readVolumeResponseWritten,
   serializeReadVolumeResponse,
 } from "./data-codec.js";
 import { resolveRange } from "./ranges.js";
@@ -58,8 +59,11 @@ export class DataService {
   addToServer(server: Pick<Server, "addService">): void {
     const env = this.ctx.adapter;
     const impl: DataServiceServer = {
-      readVolume: serverStream(env, "ReadVolume", (req: ReadVolumeRequest, call) =>
-        this.readVolume(req, call),
+      readVolume: serverStream(
+        env,
+        "ReadVolume",
+        (req: ReadVolumeRequest, call) => this.readVolume(req, call),
+        { afterWrite: readVolumeResponseWritten },
       ),
       writeVolume: clientStream(env, "WriteVolume", (reqs: AsyncIterable<WriteVolumeRequest>, call) =>
         this.writeVolume(reqs, call),
