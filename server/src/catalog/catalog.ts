@@ -67,8 +67,13 @@ export interface Catalog extends JobStore {
   listVolumes(query: VolumeQuery): VolumeRecord[];
   /** Throws NOT_FOUND if there is no such volume. Returns the updated record. */
   updateVolume(name: string, patch: VolumePatch): VolumeRecord;
-  /** Returns false if there was nothing to delete. */
-  deleteVolume(name: string): boolean;
+  /**
+   * Returns false if there was nothing to delete. With `requestId` (DeleteVolume's request_id), the deletion
+   * is remembered with the record's removal, in one transaction (see completedDelete).
+   */
+  deleteVolume(name: string, requestId?: string): boolean;
+  /** The volume a DeleteVolume with this request_id deleted, if one did recently (a day). */
+  completedDelete(requestId: string): { volume: string } | undefined;
   /** Names of volumes whose backing is `name`. */
   dependantsOf(name: string): string[];
 

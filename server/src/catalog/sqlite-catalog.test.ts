@@ -17,12 +17,12 @@ describe("SqliteCatalog", () => {
     dirs.push(dir);
     const file = path.join(dir, ".vdisk", "catalog.db");
     const a = SqliteCatalog.open(file);
-    expect(a.schemaVersion()).toBe(1);
+    expect(a.schemaVersion()).toBe(2);
     a.insertVolume(volumeRecord("keep", { labels: { env: "prod" } }));
     a.close();
     expect(fs.existsSync(`${file}-wal`) || fs.existsSync(file)).toBe(true);
     const b = SqliteCatalog.open(file);
-    expect(b.schemaVersion()).toBe(1);
+    expect(b.schemaVersion()).toBe(2);
     expect(b.getVolume("keep")?.labels).toEqual({ env: "prod" });
     b.close();
   });
@@ -50,6 +50,19 @@ describe("SqliteCatalog", () => {
     expect(c.deleteVolume("a")).toBe(true);
     expect(c.deleteVolume("a")).toBe(false);
     expect(c.getVolume("a")).toBeUndefined();
+    c.close();
+  });
+
+  it("remembers the request id of a delete with the record's removal, and only of one that deleted", () => {
+    const c = SqliteCatalog.open(":memory:");
+    c.insertVolume(volumeRecord("gone"));
+    expect(c.deleteVolume("gone", "req-1")).toBe(true);
+    expect(c.completedDelete("req-1")).toEqual({ volume: "gone" });
+    expect(c.deleteVolume("never-was", "req-2")).toBe(false);
+    expect(c.completedDelete("req-2")).toBeUndefined();
+    c.insertVolume(volumeRecord("other", { uid: "other" }));
+    expect(c.deleteVolume("other")).toBe(true);
+    expect(c.completedDelete("")).toBeUndefined();
     c.close();
   });
 

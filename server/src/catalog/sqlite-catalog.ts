@@ -57,7 +57,20 @@ const MIGRATIONS: readonly string[] = [
    ) STRICT;
    CREATE INDEX jobs_volume ON jobs(volume, kind, create_time);
    CREATE INDEX jobs_created ON jobs(create_time, id);`,
+  // DeleteVolume's request ids, so a retried delete gets its OK again instead of NOT_FOUND.
+  `CREATE TABLE completed_deletes (
+     request_id TEXT PRIMARY KEY,
+     volume TEXT NOT NULL,
+     delete_time INTEGER NOT NULL
+   ) STRICT;
+   CREATE INDEX completed_deletes_time ON completed_deletes(delete_time);`,
 ];
+
+/**
+ * How long a DeleteVolume's request id is remembered. Clients retry within seconds (the SDK gives up after
+ * about 2 s of backoff); a day covers a control plane replaying its own log after an outage.
+ */
+export const DELETE_REQUEST_RETENTION_MS = 24 * 60 * 60 * 1000;
 
 interface VolumeRow {
   name: string;
@@ -224,8 +237,31 @@ export class SqliteCatalog implements Catalog {
     return this.getVolume(name) as VolumeRecord;
   }
 
-  deleteVolume(name: string): boolean {
-    return this.write(() => this.db.prepare("DELETE FROM volumes WHERE name = ?").run(name)).changes > 0;
+  deleteVolume(name: string, requestId?: string): boolean {
+    return this.write(() =>
+      this.atomically(() => {
+        const deleted = this.db.prepare("DELETE FROM volumes WHERE name = ?").run(name).changes > 0;
+        if (deleted && requestId !== undefined) {
+          const now = Date.now();
+          this.db
+            .prepare("DELETE FROM completed_deletes WHERE delete_time < ?")
+            .run(now - DELETE_REQUEST_RETENTION_MS);
+          this.db
+            .prepare(
+              "INSERT OR REPLACE INTO completed_deletes (request_id, volume, delete_time) VALUES (?, ?, ?)",
+            )
+            .run(requestId, name, now);
+        }
+        return deleted;
+      }),
+    );
+  }
+
+  completedDelete(requestId: string): { volume: string } | undefined {
+    const row = this.db
+      .prepare("SELECT volume FROM completed_deletes WHERE request_id = ? AND delete_time >= ?")
+      .get(requestId, Date.now() - DELETE_REQUEST_RETENTION_MS) as { volume: string } | undefined;
+    return row === undefined ? undefined : { volume: row.volume };
   }
 
   dependantsOf(name: string): string[] {

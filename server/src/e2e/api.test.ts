@@ -242,6 +242,34 @@ describe("create, idempotency and delete", () => {
     // The name is free again, with a new uid.
     await createVolume(h, "doomed");
   });
+
+  it("answers a retried delete (same request_id) with OK again, touching nothing else", async () => {
+    await createVolume(h, "retried");
+    await call(h.volumes, h.volumes.deleteVolume, { name: "retried", requestId: "del-retried-1" });
+    // The answer was lost and the client retries: OK, although the volume is gone.
+    await call(h.volumes, h.volumes.deleteVolume, { name: "retried", requestId: "del-retried-1" });
+    // A volume created under the name since is not deleted by a late retry.
+    await createVolume(h, "retried");
+    await call(h.volumes, h.volumes.deleteVolume, { name: "retried", requestId: "del-retried-1" });
+    expect(fs.existsSync(path.join(h.pool, "retried.raw"))).toBe(true);
+    await call(h.volumes, h.volumes.getVolume, { name: "retried" });
+    // The id of that delete cannot stand for deleting another volume.
+    await expectStatus(
+      call(h.volumes, h.volumes.deleteVolume, { name: "doomed", requestId: "del-retried-1" }),
+      status.INVALID_ARGUMENT,
+      "REQUEST_ID_REUSED",
+    );
+    // Without a request id (or with a new one) a second delete is NOT_FOUND as before.
+    await call(h.volumes, h.volumes.deleteVolume, { name: "retried", requestId: "" });
+    await expectStatus(
+      call(h.volumes, h.volumes.deleteVolume, { name: "retried", requestId: "" }),
+      status.NOT_FOUND,
+    );
+    await expectStatus(
+      call(h.volumes, h.volumes.deleteVolume, { name: "retried", requestId: "del-retried-2" }),
+      status.NOT_FOUND,
+    );
+  });
 });
 
 describe("data path", () => {

@@ -742,6 +742,19 @@ export class VolumeService {
 
   async deleteVolume(req: DeleteVolumeRequest): Promise<DeleteVolumeResponse> {
     const { catalog, locks, images, pool, log } = this.ctx;
+    const requestId = req.requestId === "" ? undefined : req.requestId;
+    if (requestId !== undefined) {
+      // A retry of a delete that went through (its answer was lost): the same OK, and nothing else is
+      // touched — not even a new volume created under the name since.
+      const done = catalog.completedDelete(requestId);
+      if (done !== undefined && done.volume !== req.name) {
+        throw new EngineError("INVALID_ARGUMENT", "request_id was already used for a different request", {
+          reason: "REQUEST_ID_REUSED",
+          metadata: { volume: done.volume },
+        });
+      }
+      if (done !== undefined) return {};
+    }
     const volume = requireVolume(catalog, req.name);
     const refuse = (message: string, reason: string, metadata: Record<string, string> = {}) =>
       new EngineError("FAILED_PRECONDITION", message, {
@@ -774,7 +787,7 @@ export class VolumeService {
       }
       await images.close(volume.uid);
       await pool.removeFile(pool.volumePath(volume.name, volume.format));
-      catalog.deleteVolume(volume.name);
+      catalog.deleteVolume(volume.name, requestId);
       // A GetVolume racing the delete may have reopened the image (it takes no lock): drop that too.
       await images.close(volume.uid);
     } finally {
