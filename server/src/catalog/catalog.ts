@@ -31,7 +31,10 @@ export interface VolumeRecord {
   errorMessage: string | undefined;
 }
 
-/** A job as the catalog stores it: the runner's snapshot (the typed result is not persisted). */
+/**
+ * A job as the catalog stores it: the runner's snapshot. Its result is kept as plain data (JSON), so a
+ * stored result is a record of numbers and strings, not an instance of any class.
+ */
 export type JobRecord = JobSnapshot;
 
 export interface VolumePatch {

@@ -17,12 +17,12 @@ describe("SqliteCatalog", () => {
     dirs.push(dir);
     const file = path.join(dir, ".vdisk", "catalog.db");
     const a = SqliteCatalog.open(file);
-    expect(a.schemaVersion()).toBe(2);
+    expect(a.schemaVersion()).toBe(3);
     a.insertVolume(volumeRecord("keep", { labels: { env: "prod" } }));
     a.close();
     expect(fs.existsSync(`${file}-wal`) || fs.existsSync(file)).toBe(true);
     const b = SqliteCatalog.open(file);
-    expect(b.schemaVersion()).toBe(2);
+    expect(b.schemaVersion()).toBe(3);
     expect(b.getVolume("keep")?.labels).toEqual({ env: "prod" });
     b.close();
   });
@@ -106,6 +106,25 @@ describe("SqliteCatalog", () => {
     c.saveJob(failed);
     expect(c.getJob("j2")).toEqual(failed);
     expect(c.getJob("j1")).toEqual(jobRecord("j1", { requestId: "req-1", createTime: new Date(1) }));
+    c.close();
+  });
+
+  it("keeps a succeeded job's result as plain data; results that are not plain data or too large are dropped", () => {
+    const c = SqliteCatalog.open(":memory:");
+    const report = {
+      corruptions: 0,
+      leaks: 2,
+      corruptionsFixed: 0,
+      leaksFixed: 2,
+      checkErrors: 0,
+      messages: ["x"],
+    };
+    c.saveJob(jobRecord("check", { kind: "CHECK_VOLUME", state: "SUCCEEDED", result: report }));
+    expect(c.getJob("check")?.result).toEqual(report);
+    c.saveJob(jobRecord("big", { state: "SUCCEEDED", result: { size: 1n } }));
+    expect(c.getJob("big")?.result).toBeUndefined();
+    c.saveJob(jobRecord("long", { state: "SUCCEEDED", result: { messages: ["m".repeat(300 * 1024)] } }));
+    expect(c.getJob("long")?.result).toBeUndefined();
     c.close();
   });
 

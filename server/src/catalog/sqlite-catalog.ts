@@ -64,7 +64,13 @@ const MIGRATIONS: readonly string[] = [
      delete_time INTEGER NOT NULL
    ) STRICT;
    CREATE INDEX completed_deletes_time ON completed_deletes(delete_time);`,
+  // A succeeded job's outcome (a check report, an allocate summary), so GetJob and WatchJob still return it
+  // after a restart or once the job has left the runner's memory.
+  "ALTER TABLE jobs ADD COLUMN result TEXT;",
 ];
+
+/** A job result larger than this as JSON is not stored (a check of a badly broken image lists many findings). */
+const MAX_RESULT_JSON = 256 * 1024;
 
 /**
  * How long a DeleteVolume's request id is remembered. Clients retry within seconds (the SDK gives up after
@@ -108,6 +114,7 @@ interface JobRow {
   create_time: number;
   start_time: number | null;
   end_time: number | null;
+  result: string | null;
 }
 
 /** The embedded catalog: one SQLite file in WAL mode at POOL/.vdisk/catalog.db. */
@@ -277,13 +284,14 @@ export class SqliteCatalog implements Catalog {
       this.db
         .prepare(
           `INSERT INTO jobs (id, kind, volume, state, done_bytes, total_bytes, phase, error_code, error_message, error_reason,
-             error_metadata, bytes_per_second, request_id, cancel_requested, create_time, start_time, end_time)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             error_metadata, bytes_per_second, request_id, cancel_requested, create_time, start_time, end_time, result)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
            ON CONFLICT (id) DO UPDATE SET state = excluded.state, done_bytes = excluded.done_bytes,
              total_bytes = excluded.total_bytes, phase = excluded.phase, error_code = excluded.error_code,
              error_message = excluded.error_message, error_reason = excluded.error_reason,
              error_metadata = excluded.error_metadata, bytes_per_second = excluded.bytes_per_second,
-             cancel_requested = excluded.cancel_requested, start_time = excluded.start_time, end_time = excluded.end_time`,
+             cancel_requested = excluded.cancel_requested, start_time = excluded.start_time, end_time = excluded.end_time,
+             result = excluded.result`,
         )
         .run(
           j.id,
@@ -303,6 +311,7 @@ export class SqliteCatalog implements Catalog {
           j.createTime.getTime(),
           j.startTime?.getTime() ?? null,
           j.endTime?.getTime() ?? null,
+          resultJson(j.result),
         );
     } catch (err) {
       throw uniqueViolation(
@@ -427,6 +436,20 @@ function uniqueViolation(err: unknown, message: string, reason: string): unknown
   return err;
 }
 
+/**
+ * A job result as stored: plain JSON (results are records of numbers and strings), or null when there is
+ * none, when it is not plain data, or when it is too large to keep.
+ */
+function resultJson(result: unknown): string | null {
+  if (result === undefined || result === null) return null;
+  try {
+    const json = JSON.stringify(result);
+    return json !== undefined && json.length <= MAX_RESULT_JSON ? json : null;
+  } catch {
+    return null;
+  }
+}
+
 function toVolume(r: VolumeRow): VolumeRecord {
   return {
     name: r.name,
@@ -466,6 +489,7 @@ function toJob(r: JobRow): JobRecord {
   if (r.start_time !== null) job.startTime = new Date(r.start_time);
   if (r.end_time !== null) job.endTime = new Date(r.end_time);
   if (r.request_id !== null) job.requestId = r.request_id;
+  if (r.result !== null) job.result = JSON.parse(r.result) as unknown;
   if (r.error_code !== null) {
     job.error = {
       code: r.error_code as NonNullable<JobRecord["error"]>["code"],

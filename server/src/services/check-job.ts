@@ -77,7 +77,7 @@ export function qemuExitCode(r: CheckResult): number {
   return 0;
 }
 
-/** A CheckResult as the wire's CheckReport; job results held in memory only, so this is best effort. */
+/** A CheckResult (live, or as the catalog stored it) as the wire's CheckReport; undefined if it is not one. */
 export function checkReportOf(result: unknown): CheckReport | undefined {
   if (typeof result !== "object" || result === null || !("corruptions" in result) || !("leaks" in result))
     return undefined;

@@ -28,7 +28,7 @@ export class JobService {
   addToServer(server: Pick<Server, "addService">): void {
     const env = this.ctx.adapter;
     const impl: JobServiceServer = {
-      getJob: unary(env, "GetJob", async (req: GetJobRequest) => this.getJob(req)),
+      getJob: unary(env, "GetJob", (req: GetJobRequest) => this.getJob(req)),
       listJobs: unary(env, "ListJobs", async (req: ListJobsRequest) => this.listJobs(req)),
       watchJob: serverStream(env, "WatchJob", (req: WatchJobRequest, call) => this.watchJob(req, call)),
       cancelJob: unary(env, "CancelJob", async (req: CancelJobRequest) => this.cancelJob(req)),
@@ -36,8 +36,9 @@ export class JobService {
     server.addService(JobServiceService, impl);
   }
 
-  getJob(req: GetJobRequest): GetJobResponse {
-    return { job: jobMessage(this.require(req.id)) };
+  /** With the outcome of a succeeded job (as WatchJob gives it); ListJobs leaves outcomes out. */
+  async getJob(req: GetJobRequest): Promise<GetJobResponse> {
+    return { job: (await jobEvent(this.ctx, this.require(req.id))).job };
   }
 
   listJobs(req: ListJobsRequest): ListJobsResponse {

@@ -147,7 +147,7 @@ async function ownAllocation(
   return bytes;
 }
 
-/** The AllocateSummary of an allocate or flatten job (held in memory only; absent after a restart). */
+/** The AllocateSummary of an allocate or flatten job. */
 function allocateSummaryOf(result: unknown): AllocateSummary | undefined {
   if (typeof result !== "object" || result === null || !("copiedBytes" in result)) return undefined;
   const r = result as { copiedBytes: number; zeroedBytes: number; unchangedBytes: number };

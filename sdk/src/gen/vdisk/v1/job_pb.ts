@@ -547,7 +547,7 @@ export const JobKindSchema: GenEnum<JobKind> = /*@__PURE__*/
  */
 export const JobService: GenService<{
   /**
-   * Returns one job's latest snapshot.
+   * Returns one job's latest snapshot, with its result once it succeeded.
    *
    * @generated from rpc vdisk.v1.JobService.GetJob
    */
@@ -557,7 +557,7 @@ export const JobService: GenService<{
     output: typeof GetJobResponseSchema;
   },
   /**
-   * Lists jobs, newest first, with optional filters.
+   * Lists jobs, newest first, with optional filters. Results are left out: GetJob has them.
    *
    * @generated from rpc vdisk.v1.JobService.ListJobs
    */

@@ -1516,7 +1516,7 @@ export const CancelJobResponse: MessageFns<CancelJobResponse> = {
  */
 export type JobServiceService = typeof JobServiceService;
 export const JobServiceService = {
-  /** Returns one job's latest snapshot. */
+  /** Returns one job's latest snapshot, with its result once it succeeded. */
   getJob: {
     path: "/vdisk.v1.JobService/GetJob" as const,
     requestStream: false as const,
@@ -1526,7 +1526,7 @@ export const JobServiceService = {
     responseSerialize: (value: GetJobResponse): Buffer => Buffer.from(GetJobResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetJobResponse => GetJobResponse.decode(value),
   },
-  /** Lists jobs, newest first, with optional filters. */
+  /** Lists jobs, newest first, with optional filters. Results are left out: GetJob has them. */
   listJobs: {
     path: "/vdisk.v1.JobService/ListJobs" as const,
     requestStream: false as const,
@@ -1567,9 +1567,9 @@ export const JobServiceService = {
 } as const;
 
 export interface JobServiceServer extends UntypedServiceImplementation {
-  /** Returns one job's latest snapshot. */
+  /** Returns one job's latest snapshot, with its result once it succeeded. */
   getJob: handleUnaryCall<GetJobRequest, GetJobResponse>;
-  /** Lists jobs, newest first, with optional filters. */
+  /** Lists jobs, newest first, with optional filters. Results are left out: GetJob has them. */
   listJobs: handleUnaryCall<ListJobsRequest, ListJobsResponse>;
   /**
    * Streams a job's snapshots (coalesced, latest wins, at most ~10 per second, plus the snapshot at
@@ -1586,7 +1586,7 @@ export interface JobServiceServer extends UntypedServiceImplementation {
 }
 
 export interface JobServiceClient extends Client {
-  /** Returns one job's latest snapshot. */
+  /** Returns one job's latest snapshot, with its result once it succeeded. */
   getJob(
     request: GetJobRequest,
     callback: (error: ServiceError | null, response: GetJobResponse) => void,
@@ -1602,7 +1602,7 @@ export interface JobServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetJobResponse) => void,
   ): ClientUnaryCall;
-  /** Lists jobs, newest first, with optional filters. */
+  /** Lists jobs, newest first, with optional filters. Results are left out: GetJob has them. */
   listJobs(
     request: ListJobsRequest,
     callback: (error: ServiceError | null, response: ListJobsResponse) => void,

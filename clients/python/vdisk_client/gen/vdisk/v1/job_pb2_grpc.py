@@ -46,14 +46,14 @@ class JobServiceServicer(object):
     """
 
     def GetJob(self, request, context):
-        """Returns one job's latest snapshot.
+        """Returns one job's latest snapshot, with its result once it succeeded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """Lists jobs, newest first, with optional filters.
+        """Lists jobs, newest first, with optional filters. Results are left out: GetJob has them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
